@@ -1,0 +1,113 @@
+"""Kernels: Triton on CUDA devices, the torch reference everywhere else.
+
+Every public function takes the same arguments on both paths; `INTARSIA_KERNELS=torch`
+forces the reference (useful to bisect a numerical difference on the GPU). Triton
+is imported on the first CUDA call only, so `import intarsia` works without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
+
+import torch
+
+from intarsia.kernels import reference
+from intarsia.kernels.metadata import AttentionMetadata
+
+
+@functools.cache
+def _triton_modules() -> tuple[ModuleType, ModuleType] | None:
+    try:
+        from intarsia.kernels import triton_attention, triton_ops
+    except ImportError:
+        return None
+    return triton_attention, triton_ops
+
+
+def _triton_for(x: torch.Tensor) -> tuple[ModuleType, ModuleType] | None:
+    """The Triton modules if `x` should take the Triton path, else None."""
+    if not x.is_cuda or os.environ.get("INTARSIA_KERNELS") == "torch":
+        return None
+    return _triton_modules()
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    mods = _triton_for(key)
+    impl = mods[0] if mods else reference
+    impl.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    mods = _triton_for(q)
+    impl = mods[0] if mods else reference
+    return impl.paged_attention(q, k_cache, v_cache, meta, scale, sliding_window, softcap,
+                                alibi_slopes)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+    mods = _triton_for(x)
+    return (mods[1] if mods else reference).rms_norm(x, weight, eps, offset)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    mods = _triton_for(x)
+    return (mods[1] if mods else reference).fused_add_rms_norm(x, residual, weight, eps, offset)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    mods = _triton_for(q)
+    return (mods[1] if mods else reference).rotary_embedding(positions, q, k, cos_sin_cache,
+                                                             is_neox)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    mods = _triton_for(x)
+    return (mods[1] if mods else reference).silu_and_mul(x)
+
+
+def gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    mods = _triton_for(x)
+    return (mods[1] if mods else reference).gelu_and_mul(x, approximate)
+
+
+# The dispatchers document themselves through the implementation they stand for.
+for _fn in (write_kv_cache, paged_attention, rms_norm, fused_add_rms_norm, rotary_embedding,
+            silu_and_mul, gelu_and_mul):
+    _fn.__doc__ = getattr(reference, _fn.__name__).__doc__
+del _fn
+
+__all__ = [
+    "AttentionMetadata",
+    "fused_add_rms_norm",
+    "gelu_and_mul",
+    "paged_attention",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "write_kv_cache",
+]

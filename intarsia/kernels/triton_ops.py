@@ -1,0 +1,210 @@
+"""Triton element-wise kernels: RMSNorm (plain and fused with the residual add),
+rotary embedding and the gated activations. Same signatures as
+`intarsia.kernels.reference`; arithmetic is float32, results in the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """2-D view [rows, last_dim] with unit stride on the last dim (copies only if needed)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def _row_warps(block: int) -> int:
+    return min(max(block // 256, 1), 16)
+
+
+@triton.jit
+def tanh(x):
+    """tanh through exp, saturating cleanly for large |x| (no libdevice needed)."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+# ----------------------------------------------------------------------------- RMSNorm
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr,
+    stride_x, stride_r, stride_o, stride_s,
+    n_cols, eps, offset,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
+        # Round the sum to the output dtype first, as the torch reference does.
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(sum_ptr.dtype.element_ty)
+        tl.store(sum_ptr + row * stride_s + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    inv_rms = tl.rsqrt(tl.sum(xf * xf, 0) / n_cols + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) + offset
+    tl.store(out_ptr + row * stride_o + cols, (xf * inv_rms * w).to(out_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def _launch_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                     eps: float, offset: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x2 = _rows(x)
+    hidden = x2.shape[1]
+    if residual is None:
+        r2 = summed = None
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    else:
+        r2 = _rows(residual)
+        summed = torch.empty(x.shape, dtype=torch.result_type(x, residual), device=x.device)
+        out = torch.empty_like(summed)
+    o2, s2 = out.view(-1, hidden), (summed if summed is not None else out).view(-1, hidden)
+    block = triton.next_power_of_2(hidden)
+    if x2.shape[0] > 0:
+        _rms_norm_kernel[(x2.shape[0],)](
+            x2, r2 if r2 is not None else x2, weight.contiguous(), o2, s2,
+            x2.stride(0), (r2 if r2 is not None else x2).stride(0), o2.stride(0), s2.stride(0),
+            hidden, eps, offset,
+            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=_row_warps(block),
+        )
+    return out, summed
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+    """RMSNorm computed in float32; `offset=1.0` gives Gemma's ``(1 + w)`` scale."""
+    return _launch_rms_norm(x, None, weight, eps, offset)[0]
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(rms_norm(x + residual), x + residual)`` in one pass over memory."""
+    out, summed = _launch_rms_norm(x, residual, weight, eps, offset)
+    assert summed is not None
+    return out, summed
+
+
+# ----------------------------------------------------------------------------- rotary
+
+
+@triton.jit
+def _rotate_heads(x_ptr, token, stride_t, stride_h, stride_d, num_heads, cos, sin,
+                  IS_NEOX: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_HALF: tl.constexpr):
+    h = tl.arange(0, BLOCK_H)[:, None]
+    j = tl.arange(0, BLOCK_HALF)[None, :]
+    mask = (h < num_heads) & (j < HALF)
+    if IS_NEOX:  # halves: (j, j + HALF)
+        first, second = j, j + HALF
+    else:  # GPT-J interleaved pairs: (2j, 2j + 1)
+        first, second = 2 * j, 2 * j + 1
+    base = x_ptr + token * stride_t + h * stride_h
+    x1 = tl.load(base + first * stride_d, mask=mask, other=0.0)
+    x2 = tl.load(base + second * stride_d, mask=mask, other=0.0)
+    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
+    tl.store(base + first * stride_d, (x1f * cos - x2f * sin).to(x1.dtype), mask=mask)
+    tl.store(base + second * stride_d, (x2f * cos + x1f * sin).to(x1.dtype), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(
+    pos_ptr, q_ptr, k_ptr, cache_ptr,
+    stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd, stride_cache,
+    num_q_heads, num_k_heads,
+    IS_NEOX: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    pos = tl.load(pos_ptr + token).to(tl.int64)
+    j = tl.arange(0, BLOCK_HALF)[None, :]
+    row = cache_ptr + pos * stride_cache
+    cos = tl.load(row + j, mask=j < HALF, other=0.0).to(tl.float32)
+    sin = tl.load(row + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
+    _rotate_heads(q_ptr, token, stride_qt, stride_qh, stride_qd, num_q_heads, cos, sin,
+                  IS_NEOX, HALF, BLOCK_HQ, BLOCK_HALF)
+    _rotate_heads(k_ptr, token, stride_kt, stride_kh, stride_kd, num_k_heads, cos, sin,
+                  IS_NEOX, HALF, BLOCK_HK, BLOCK_HALF)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate the first ``rotary_dim`` features of q/k ([tokens, heads, head_dim]) in place.
+
+    Strided views (q/k slices of a fused qkv output) are rotated where they lie.
+    `cos_sin_cache` is [max_positions, rotary_dim]: cos in the first half, sin in
+    the second (scaled rotary variants differ only in how that cache was built).
+    """
+    num_tokens = q.shape[0]
+    half = cos_sin_cache.shape[-1] // 2
+    cache = cos_sin_cache if cos_sin_cache.stride(-1) == 1 else cos_sin_cache.contiguous()
+    if num_tokens > 0:
+        _rotary_kernel[(num_tokens,)](
+            positions.contiguous(), q, k, cache,
+            *q.stride(), *k.stride(), cache.stride(0),
+            q.shape[1], k.shape[1],
+            IS_NEOX=is_neox, HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
+            BLOCK_HQ=triton.next_power_of_2(q.shape[1]),
+            BLOCK_HK=triton.next_power_of_2(k.shape[1]),
+        )
+    return q, k
+
+
+# ----------------------------------------------------------------------------- gated MLP
+
+
+@triton.jit
+def _act_and_mul_kernel(
+    x_ptr, out_ptr, stride_x, stride_o, d,
+    ACT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < d
+    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_ptr + row * stride_x + d + cols, mask=mask, other=0.0).to(tl.float32)
+    if ACT == "silu":
+        act = gate * tl.sigmoid(gate)
+    elif ACT == "gelu":
+        act = 0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476))
+    else:  # "gelu_tanh"
+        inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+        act = 0.5 * gate * (1.0 + tanh(inner))
+    tl.store(out_ptr + row * stride_o + cols, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _act_and_mul(x: torch.Tensor, act: str) -> torch.Tensor:
+    x2 = _rows(x)
+    d = x2.shape[1] // 2
+    out = torch.empty(*x.shape[:-1], d, dtype=x.dtype, device=x.device)
+    block = min(triton.next_power_of_2(d), 1024)
+    if x2.shape[0] > 0 and d > 0:
+        o2 = out.view(-1, d)
+        _act_and_mul_kernel[(x2.shape[0], triton.cdiv(d, block))](
+            x2, o2, x2.stride(0), o2.stride(0), d, ACT=act, BLOCK=block,
+            num_warps=_row_warps(block),
+        )
+    return out
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(x[..., :d]) * x[..., d:]`` for a fused gate/up projection of width 2d."""
+    return _act_and_mul(x, "silu")
+
+
+def gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """``gelu(x[..., :d]) * x[..., d:]``; `approximate` is "none" or "tanh"."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _act_and_mul(x, "gelu" if approximate == "none" else "gelu_tanh")
