@@ -61,7 +61,9 @@ def paged_attention(
                                 alibi_slopes)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0
+) -> torch.Tensor:
     mods = _triton_for(x)
     return (mods[1] if mods else reference).rms_norm(x, weight, eps, offset)
 

@@ -199,8 +199,9 @@ def _decode_kernel(
 
         if NUM_SPLITS == 1:
             out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-            tl.store(out_ptr + row * stride_ot + heads[:, None] * stride_oh + d[None, :] * stride_od,
-                     out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+            out_ptrs = out_ptr + row * stride_ot + heads[:, None] * stride_oh
+            tl.store(out_ptrs + d[None, :] * stride_od, out.to(out_ptr.dtype.element_ty),
+                     mask=g_mask[:, None] & d_mask[None, :])
         else:
             # Partials are [seq, head, split, ...]: unnormalised acc, and (max, sum).
             base = (seq.to(tl.int64) * NUM_HEADS + heads) * NUM_SPLITS + split

@@ -77,7 +77,9 @@ def _launch_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: tor
     return out, summed
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0
+) -> torch.Tensor:
     """RMSNorm computed in float32; `offset=1.0` gives Gemma's ``(1 + w)`` scale."""
     return _launch_rms_norm(x, None, weight, eps, offset)[0]
 
