@@ -1,0 +1,15 @@
+"""intarsia: a multimodal-first LLM inference engine."""
+
+from intarsia.engine.llm import LLM, BatchError, LoRARequest
+from intarsia.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from intarsia.engine.sampling_params import SamplingParams
+
+__all__ = [
+    "LLM",
+    "BatchError",
+    "CompletionOutput",
+    "Logprob",
+    "LoRARequest",
+    "RequestOutput",
+    "SamplingParams",
+]

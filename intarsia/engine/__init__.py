@@ -1,0 +1,1 @@
+"""The engine: API, scheduler, block manager, model runner, sampler, loading."""

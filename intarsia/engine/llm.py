@@ -1,0 +1,188 @@
+"""`LLM`: the offline entry point (the public API of DESIGN.md)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from intarsia.engine.config import EngineConfig
+from intarsia.engine.llm_engine import LLMEngine
+from intarsia.engine.outputs import RequestOutput
+from intarsia.engine.sampling_params import SamplingParams
+from intarsia.engine.sequence import Request
+from intarsia.processors.text import TextProcessor
+
+PromptType = str | dict[str, Any]
+MODALITY_ARGS = {"images": "image", "videos": "video", "audio": "audio"}
+
+
+@dataclass
+class LoRARequest:
+    """A PEFT adapter to apply to one request: a name, a unique positive id, a path."""
+
+    lora_name: str
+    lora_int_id: int
+    lora_path: str
+
+
+class BatchError(ValueError):
+    """Some prompts of a batch were rejected; the others ran. `outputs` holds their
+    results in order (None where rejected), `errors` maps prompt index -> message."""
+
+    def __init__(self, errors: dict[int, str], outputs: list) -> None:
+        self.errors, self.outputs = errors, outputs
+        details = "; ".join(f"prompt {i}: {msg}" for i, msg in errors.items())
+        super().__init__(f"{len(errors)} of {len(outputs)} prompts were rejected: {details}")
+
+
+def _load_tokenizer(config: EngineConfig) -> PreTrainedTokenizerBase | None:
+    try:
+        return AutoTokenizer.from_pretrained(config.model_path)
+    except (OSError, ValueError, TypeError) as e:
+        warnings.warn(f"no tokenizer loaded from {config.model_path} ({e}); only "
+                      "prompt_token_ids inputs will work", stacklevel=3)
+        return None
+
+
+def _per_prompt(value: Any, count: int, name: str) -> list:
+    """Broadcast one value to every prompt, or check a per-prompt list."""
+    if isinstance(value, list) and len(value) == count and (count > 1 or isinstance(
+            value[0] if value else None, (list, SamplingParams, type(None)))):
+        return value
+    if count == 1:
+        return [value]
+    if isinstance(value, list):
+        raise ValueError(f"{name} has {len(value)} entries for {count} prompts")
+    return [value] * count
+
+
+class LLM:
+    """Load a model and generate from (or pool over) prompts with media.
+
+    >>> llm = LLM(model="path/or/hub-id")
+    >>> llm.generate("Hello", SamplingParams(temperature=0, max_tokens=8))[0].outputs[0].text
+    """
+
+    def __init__(self, model: str, dtype: str | torch.dtype = "auto", device: str | None = None,
+                 task: str = "auto", max_model_len: int | None = None, max_num_seqs: int = 256,
+                 block_size: int = 16, enable_prefix_caching: bool = True,
+                 enable_lora: bool = False, max_loras: int = 4, max_lora_rank: int = 16,
+                 limit_mm_per_prompt: dict[str, int] | None = None, seed: int = 0,
+                 tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
+                 **engine_kwargs: Any) -> None:
+        if tensor_parallel_size != 1 or pipeline_parallel_size != 1:
+            raise ValueError("tensor/pipeline parallelism is not supported yet; use size 1")
+        if enable_lora:
+            raise ValueError("LoRA adapters are not supported yet (enable_lora=True)")
+        self.config = EngineConfig.create(
+            model, dtype=dtype, device=device, task=task, max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs, block_size=block_size,
+            enable_prefix_caching=enable_prefix_caching, seed=seed,
+            limit_mm_per_prompt=limit_mm_per_prompt, **engine_kwargs)
+        self.tokenizer = _load_tokenizer(self.config)
+        self.processor = TextProcessor(self.tokenizer)
+        self.engine = LLMEngine(self.config, self.tokenizer)
+        self._request_counter = 0
+
+    def get_tokenizer(self) -> PreTrainedTokenizerBase | None:
+        return self.tokenizer
+
+    def generate(self, prompts: PromptType | list[PromptType],
+                 sampling_params: SamplingParams | list[SamplingParams] | None = None, *,
+                 images: Any = None, videos: Any = None, audio: Any = None,
+                 use_tqdm: bool = True, lora_request: LoRARequest | None = None,
+                 ) -> list[RequestOutput]:
+        """Generate a completion for each prompt. Media arguments are per prompt (one
+        item, or a list of items); a dict prompt may carry `multi_modal_data` instead."""
+        if self.config.task != "generate":
+            raise ValueError(f"generate() needs a generation model; this one runs task "
+                             f"{self.config.task!r} (use {self.config.task}())")
+        if lora_request is not None:
+            raise ValueError("LoRA adapters are not supported yet")
+        single = isinstance(prompts, (str, dict))
+        prompt_list = [prompts] if single else list(prompts)
+        if not prompt_list:
+            raise ValueError("no prompts given")
+        count = len(prompt_list)
+        params = _per_prompt(sampling_params or SamplingParams(), count, "sampling_params")
+        media = {name: _per_prompt(value, count, name)
+                 for name, value in (("images", images), ("videos", videos), ("audio", audio))
+                 if value is not None}
+        requests: dict[int, Request] = {}
+        errors: dict[int, str] = {}
+        for i, prompt in enumerate(prompt_list):
+            try:
+                if not isinstance(params[i], SamplingParams):
+                    raise ValueError(f"sampling_params must be SamplingParams, got "
+                                     f"{type(params[i]).__name__}")
+                requests[i] = self._make_request(prompt, params[i],
+                                                 {k: v[i] for k, v in media.items()})
+            except (ValueError, FileNotFoundError) as e:
+                errors[i] = str(e)
+        if single and errors:
+            raise ValueError(errors[0])
+        done = self._run(list(requests.values()), use_tqdm)
+        outputs = [done[requests[i].request_id] if i in requests else None for i in range(count)]
+        if errors:
+            raise BatchError(errors, outputs)
+        return outputs
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | list[SamplingParams] | None = None, *,
+             chat_template: str | None = None, add_generation_prompt: bool = True,
+             use_tqdm: bool = True) -> list[RequestOutput]:
+        """Generate replies to one conversation (a list of messages) or several, rendered
+        through the model's chat template; content parts may carry media."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = []
+        for conversation in conversations:
+            text, mm_data = self.processor.render_chat(conversation, chat_template,
+                                                       add_generation_prompt)
+            prompts.append({"prompt": text, "multi_modal_data": mm_data,
+                            "add_special_tokens": False})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _make_request(self, prompt: PromptType, params: SamplingParams,
+                      media: dict[str, Any]) -> Request:
+        if isinstance(prompt, str):
+            prompt = {"prompt": prompt}
+        if not isinstance(prompt, dict):
+            raise ValueError(f"a prompt must be a string or a dict, got {type(prompt).__name__}")
+        mm_data = dict(prompt.get("multi_modal_data") or {})
+        for arg, modality in MODALITY_ARGS.items():
+            if media.get(arg) is not None:
+                if modality in mm_data:
+                    raise ValueError(f"{modality} given both as {arg}= and in multi_modal_data")
+                mm_data[modality] = media[arg]
+        processed = self.processor.process(prompt, mm_data)
+        self._request_counter += 1
+        request = Request(str(self._request_counter), processed.prompt, processed.token_ids,
+                          params, mm_inputs=processed.mm_inputs)
+        self.engine.validate_prompt(request.prompt_token_ids)
+        return request
+
+    def _run(self, requests: list[Request], use_tqdm: bool) -> dict[str, RequestOutput]:
+        engine = self.engine
+        for request in requests:
+            engine.add_request(request)
+        results: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm,
+                   dynamic_ncols=True)
+        start, generated = time.perf_counter(), 0
+        pending = {r.request_id: r for r in requests}
+        while engine.has_unfinished():
+            for seq in engine.step():
+                request = seq.request
+                generated += seq.num_output_tokens
+                if request.finished and request.request_id in pending:
+                    results[request.request_id] = engine.request_output(pending.pop(request.request_id))
+                    bar.update(1)
+                    bar.set_postfix_str(f"{generated / (time.perf_counter() - start):.1f} tok/s")
+        bar.close()
+        return results

@@ -1,0 +1,131 @@
+"""Turning logits into tokens, batched over the step's sequences.
+
+Order (as in vLLM): min_tokens masking and penalties, then greedy argmax or
+temperature -> min_p -> top_k/top_p -> a seeded draw. Log-probabilities reported
+to the user are those of the raw model distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from intarsia.engine.sequence import Sequence
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[float] | None  # raw log-probability of each sampled token
+    top: list[tuple[list[int], list[float], int]] | None  # (top ids, top logprobs, sampled rank)
+
+
+def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """Repetition penalty over prompt and output tokens (divide positive logits,
+    multiply negative ones); presence and frequency penalties over output tokens."""
+    vocab = logits.shape[-1]
+    device = logits.device
+    for row, seq in enumerate(seqs):
+        p = seq.params
+        if not p.has_penalties:
+            continue
+        if p.repetition_penalty != 1.0:
+            seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+            seen[torch.tensor(seq.token_ids, device=device)] = True
+            penalised = torch.where(logits[row] > 0, logits[row] / p.repetition_penalty,
+                                    logits[row] * p.repetition_penalty)
+            logits[row] = torch.where(seen, penalised, logits[row])
+        if seq.num_output_tokens and (p.presence_penalty or p.frequency_penalty):
+            counts = torch.zeros(vocab, dtype=logits.dtype, device=device)
+            out = torch.tensor(seq.output_token_ids, device=device)
+            counts.scatter_add_(0, out, torch.ones_like(out, dtype=logits.dtype))
+            logits[row] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+    return logits
+
+
+def mask_min_tokens(logits: torch.Tensor, seqs: list[Sequence], eos_ids: set[int]) -> None:
+    """Forbid EOS and the stop token ids until a sequence has `min_tokens` outputs."""
+    for row, seq in enumerate(seqs):
+        p = seq.params
+        if seq.num_output_tokens < p.min_tokens:
+            banned = set(p.stop_token_ids) | (set() if p.ignore_eos else eos_ids)
+            banned = [t for t in banned if t < logits.shape[-1]]
+            if banned:
+                logits[row, banned] = float("-inf")
+
+
+def truncate(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+             min_p: torch.Tensor) -> torch.Tensor:
+    """Mask tokens outside min_p, top_k (-1 = off) and top_p per row; keeps at least
+    the most likely token."""
+    if bool((min_p > 0).any()):
+        probs = torch.softmax(logits, dim=-1)
+        threshold = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(probs < threshold, float("-inf"))
+    use_k, use_p = bool((top_k > 0).any()), bool((top_p < 1).any())
+    if not (use_k or use_p):
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = torch.arange(logits.shape[-1], device=logits.device)[None, :]
+    drop = torch.zeros_like(sorted_logits, dtype=torch.bool)
+    if use_k:
+        k = torch.where(top_k > 0, top_k, logits.shape[-1])
+        drop |= rank >= k[:, None]
+    if use_p:
+        probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop |= mass_before >= top_p[:, None]
+    drop[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+class Sampler:
+    def __init__(self, eos_token_ids: set[int], generator: torch.Generator) -> None:
+        self.eos_token_ids = eos_token_ids
+        self.generator = generator
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+        """logits: [len(seqs), vocab] float32, one row per sequence to sample."""
+        want_logprobs = [s.params.logprobs is not None for s in seqs]
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
+        if any(s.params.has_penalties for s in seqs):
+            logits = apply_penalties(logits.clone(), seqs)
+        if any(s.num_output_tokens < s.params.min_tokens for s in seqs):
+            logits = logits.clone()
+            mask_min_tokens(logits, seqs, self.eos_token_ids)
+        tokens = logits.argmax(dim=-1)
+        random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
+        if random_rows:
+            tokens[random_rows] = self._draw(logits[random_rows], [seqs[i] for i in random_rows])
+        token_ids = tokens.tolist()
+        if raw_logprobs is None:
+            return SampleResult(token_ids, None, None)
+        chosen = raw_logprobs.gather(-1, tokens[:, None])[:, 0]
+        ranks = (raw_logprobs > chosen[:, None]).sum(dim=-1) + 1
+        k = max(s.params.logprobs or 0 for s in seqs)
+        top_vals, top_ids = raw_logprobs.topk(k, dim=-1) if k else (None, None)
+        top = []
+        for row, seq in enumerate(seqs):
+            n = seq.params.logprobs or 0
+            ids = top_ids[row, :n].tolist() if n else []
+            vals = top_vals[row, :n].tolist() if n else []
+            top.append((ids, vals, int(ranks[row])))
+        return SampleResult(token_ids, chosen.tolist(), top)
+
+    def _draw(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        device = logits.device
+        temperature = torch.tensor([s.params.temperature for s in seqs], device=device)
+        logits = logits / temperature[:, None]
+        top_k = torch.tensor([s.params.top_k for s in seqs], device=device)
+        top_p = torch.tensor([s.params.top_p for s in seqs], device=device)
+        min_p = torch.tensor([s.params.min_p for s in seqs], device=device)
+        probs = torch.softmax(truncate(logits, top_k, top_p, min_p), dim=-1)
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, and lets each
+        # seeded sequence use its own generator.
+        noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        for row, seq in enumerate(seqs):
+            if seq.generator is not None:
+                noise[row].exponential_(generator=seq.generator)
+        return (probs / noise).argmax(dim=-1)

@@ -1,0 +1,36 @@
+"""What one forward step tells the attention kernels about its flattened batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Describes a varlen batch: sequence i owns query rows
+    ``query_start_loc[i]:query_start_loc[i+1]``, which are the *last* rows of its
+    ``seq_lens[i]`` context tokens; the earlier ones are already in the paged cache.
+
+    KV caches are ``[num_blocks, block_size, num_kv_heads, head_dim]``; token ``t``
+    of sequence ``i`` lives in block ``block_tables[i, t // block_size]``.
+    """
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64: cache slot of each new token, -1 = skip
+    query_start_loc: torch.Tensor  # [batch + 1] int32
+    seq_lens: torch.Tensor  # [batch] int32, context length after this step
+    block_tables: torch.Tensor  # [batch, max_blocks_per_seq] int32
+    max_query_len: int
+    max_seq_len: int
+    # Host copies, so the torch reference never synchronises with the device.
+    query_start_loc_cpu: list[int]
+    seq_lens_cpu: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_cpu)
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.max_query_len == 1

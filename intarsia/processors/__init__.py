@@ -1,0 +1,1 @@
+"""Input processing: media loading, per-modality processors and placeholder expansion."""
