@@ -113,11 +113,11 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, args: DecoderArgs) -> None:
+    def __init__(self, args: DecoderArgs, layer_cls: type[nn.Module] = DecoderLayer) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.embed_tokens.weight.requires_grad_(False)
-        self.layers = nn.ModuleList(DecoderLayer(args, i) for i in range(args.num_layers))
+        self.layers = nn.ModuleList(layer_cls(args, i) for i in range(args.num_layers))
         self.norm = make_norm(args)
         self.embed_scale = args.embed_scale
 
@@ -203,6 +203,9 @@ class CausalLM(nn.Module):
     """Decoder + LM head: the shape of every text-generation model."""
 
     weight_map = WeightMap()
+    # Families override these with subclasses that change only what differs.
+    model_cls: type[DecoderModel] = DecoderModel
+    layer_cls: type[nn.Module] = DecoderLayer
 
     @staticmethod
     def adapt(config, max_positions: int) -> DecoderArgs:
@@ -213,7 +216,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.args = args = self.adapt(config, max_positions)
-        self.model = DecoderModel(args)
+        self.model = self.model_cls(args, self.layer_cls)
         self.lm_head = Linear(args.hidden_size, args.vocab_size)
         if args.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
