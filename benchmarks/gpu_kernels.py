@@ -1,0 +1,379 @@
+"""GPU check and benchmark of the Triton kernels of `intarsia.kernels`.
+
+    PYTHONPATH=. python3 benchmarks/gpu_kernels.py [--tune] [--md results.md]
+
+1. Correctness: every Triton kernel against its torch reference on CUDA in bf16 and
+   fp16 at realistic sizes (max error relative to the reference's largest magnitude),
+   including a decode captured in a CUDA graph and replayed on new lengths.
+2. Copy bandwidth: a 2 GiB device-to-device copy, bytes read + written.
+3. Decode attention over batch 1/16/64 x context 1k/4k/16k (32 q / 8 KV heads, head
+   dim 128, bf16), replayed from a CUDA graph: time and KV bytes read / time against
+   the copy bandwidth. Prefill kernel at a few sizes against torch SDPA (flash).
+`--tune` also sweeps decode/prefill tile configurations and prints the best.
+
+Timings are medians of `triton.testing.do_bench`, which clears the L2 cache before
+every run, so small working sets are not served from L2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import traceback
+from collections.abc import Callable
+from functools import partial
+from itertools import product
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+from intarsia.kernels import reference as ref
+from intarsia.kernels import triton_attention as ta
+from intarsia.kernels import triton_ops as to
+from intarsia.kernels.metadata import AttentionMetadata
+
+DEV = torch.device("cuda")
+TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def bench_ms(fn: Callable[[], object]) -> float:
+    return do_bench(fn, warmup=10, rep=60, return_mode="median")
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+
+
+def make_batch(seq_lens: list[int], q_lens: list[int], num_heads: int, num_kv_heads: int,
+               head_dim: int, dtype: torch.dtype, block_size: int = 16,
+               max_seq_len: int | None = None):
+    """Random q and K/V cache with blocks scattered in random order, plus metadata."""
+    blocks = [math.ceil(n / block_size) for n in seq_lens]
+    num_blocks = sum(blocks)
+    order = torch.randperm(num_blocks, device=DEV, dtype=torch.int32)
+    tables = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32, device=DEV)
+    first = 0
+    for i, n in enumerate(blocks):
+        tables[i, :n] = order[first : first + n]
+        first += n
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.randn(shape, device=DEV, dtype=dtype)
+    v_cache = torch.randn(shape, device=DEV, dtype=dtype)
+    starts = [0]
+    for q_len in q_lens:
+        starts.append(starts[-1] + q_len)
+    q = torch.randn(starts[-1], num_heads, head_dim, device=DEV, dtype=dtype)
+    meta = AttentionMetadata(
+        slot_mapping=torch.zeros(starts[-1], dtype=torch.int64, device=DEV),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=DEV),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=DEV),
+        block_tables=tables, max_query_len=max(q_lens),
+        max_seq_len=max_seq_len or max(seq_lens),
+        query_start_loc_cpu=starts, seq_lens_cpu=list(seq_lens),
+    )
+    return q, k_cache, v_cache, meta
+
+
+# ----------------------------------------------------------------------------- correctness
+
+
+def check_correctness(rows: list[tuple[str, str, float, bool]]) -> None:
+    """Appends (kernel, dtype, relative error, passed) to `rows` as it goes."""
+
+    def record(name: str, dtype: torch.dtype, got: torch.Tensor, want: torch.Tensor) -> None:
+        err = rel_err(got, want)
+        ok = err <= TOL[dtype] and bool(torch.isfinite(got).all())
+        rows.append((name, str(dtype).removeprefix("torch."), err, ok))
+        print(f"  {name:<44} {rows[-1][1]:<9} {err:9.2e}  {'PASS' if ok else 'FAIL'}", flush=True)
+
+    torch.manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16):
+        tokens, hidden, inter = 4096, 4096, 14336
+        x = torch.randn(tokens, hidden, device=DEV, dtype=dtype)
+        res = torch.randn_like(x)
+        w = torch.randn(hidden, device=DEV, dtype=dtype)
+        record("rms_norm 4096x4096", dtype, to.rms_norm(x, w, 1e-6), ref.rms_norm(x, w, 1e-6))
+        record("rms_norm gemma offset=1", dtype, to.rms_norm(x, w, 1e-6, 1.0),
+               ref.rms_norm(x, w, 1e-6, 1.0))
+        got, want = to.fused_add_rms_norm(x, res, w, 1e-6), ref.fused_add_rms_norm(x, res, w, 1e-6)
+        record("fused_add_rms_norm (out)", dtype, got[0], want[0])
+        record("fused_add_rms_norm (sum)", dtype, got[1], want[1])
+
+        h = torch.randn(tokens, 2 * inter, device=DEV, dtype=dtype)
+        record("silu_and_mul 4096x2x14336", dtype, to.silu_and_mul(h), ref.silu_and_mul(h))
+        for approx in ("none", "tanh"):
+            record(f"gelu_and_mul {approx}", dtype, to.gelu_and_mul(h, approx),
+                   ref.gelu_and_mul(h, approx))
+
+        positions = torch.randint(0, 8192, (tokens,), device=DEV)
+        for is_neox, rot in ((True, 128), (False, 128), (True, 64)):
+            inv_freq = 1.0 / 500000 ** (torch.arange(0, rot, 2, device=DEV).float() / rot)
+            angles = torch.arange(8192, device=DEV).float()[:, None] * inv_freq
+            cache = torch.cat((angles.cos(), angles.sin()), -1)
+            qkv = torch.randn(tokens, 48 * 128, device=DEV, dtype=dtype)  # 32 q + 8 k + 8 v
+            q, k = qkv[:, : 32 * 128].view(tokens, 32, 128), qkv[:, 32 * 128 : 40 * 128].view(
+                tokens, 8, 128)
+            want = ref.rotary_embedding(positions, q.clone(), k.clone(), cache, is_neox)
+            got = to.rotary_embedding(positions, q, k, cache, is_neox)
+            name = f"rotary {'neox' if is_neox else 'gptj'} rot={rot} (strided q/k)"
+            record(name + " q", dtype, got[0], want[0])
+            record(name + " k", dtype, got[1], want[1])
+
+        kv = torch.randn(tokens, 2, 8, 128, device=DEV, dtype=dtype)
+        slots = torch.randperm(512 * 16, device=DEV)[:tokens]
+        slots[::7] = -1
+        caches = [torch.zeros(512, 16, 8, 128, device=DEV, dtype=dtype) for _ in range(4)]
+        ref.write_kv_cache(kv[:, 0], kv[:, 1], caches[0], caches[1], slots)
+        ta.write_kv_cache(kv[:, 0], kv[:, 1], caches[2], caches[3], slots)
+        exact = torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+        rows.append(("write_kv_cache (exact)", str(dtype).removeprefix("torch."), 0.0, exact))
+        print(f"  write_kv_cache exact: {exact}")
+
+        shapes = [(32, 8, 128), (16, 16, 64), (28, 4, 80)]
+        opts = [{}, {"sliding_window": 700, "softcap": 30.0}]
+        cases = [(s, o) for s in shapes for o in opts[: 2 if s[2] == 128 else 1]]
+        for (nh, nkv, hd), extra in cases:
+            extra_alibi = {"alibi_slopes": torch.rand(nh, device=DEV)} if nh == 28 else {}
+            extra = {**extra, **extra_alibi}
+            label = f"H{nh}/{nkv} D{hd} {','.join(extra) or 'plain'}"
+            lens = torch.randint(1, 3000, (24,)).tolist() + [16, 2048, 4095]
+            q, kc, vc, meta = make_batch(lens, [1] * len(lens), nh, nkv, hd, dtype)
+            got = ta.paged_attention(q, kc, vc, meta, hd**-0.5, **extra)
+            record(f"decode {label}", dtype, got,
+                   ref.paged_attention(q, kc, vc, meta, hd**-0.5, **extra))
+            q_lens = [512, 300, 1, 77, 1024]
+            lens = [512, 1300, 900, 2000, 3000]  # fresh prompt, chunks over cached prefixes
+            q, kc, vc, meta = make_batch(lens, q_lens, nh, nkv, hd, dtype)
+            got = ta.paged_attention(q, kc, vc, meta, hd**-0.5, **extra)
+            record(f"prefill {label}", dtype, got,
+                   ref.paged_attention(q, kc, vc, meta, hd**-0.5, **extra))
+
+        # CUDA graph: capture a decode sized for max_model_len, then replay it after
+        # rewriting lengths and block tables in place (no host values involved).
+        q, kc, vc, meta = make_batch([4000] * 8, [1] * 8, 32, 8, 128, dtype, max_seq_len=8192)
+        graph, out = capture_decode(q, kc, vc, meta)
+        new_lens = torch.randint(1, 4000, (8,), dtype=torch.int32).tolist()
+        meta.seq_lens.copy_(torch.tensor(new_lens))
+        meta.block_tables.copy_(meta.block_tables[torch.randperm(8, device=DEV)])
+        meta.seq_lens_cpu = new_lens
+        graph.replay()
+        record("decode in CUDA graph, replayed on new lens", dtype, out,
+               ref.paged_attention(q, kc, vc, meta, 128**-0.5))
+
+
+def capture_decode(q, kc, vc, meta) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Capture one decode call in a CUDA graph; returns the graph and its output tensor."""
+    ta.paged_attention(q, kc, vc, meta, q.shape[-1] ** -0.5)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ta.paged_attention(q, kc, vc, meta, q.shape[-1] ** -0.5)
+    return graph, out
+
+
+# ----------------------------------------------------------------------------- bandwidth
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a 2 GiB device-to-device copy (bytes read + written)."""
+    src = torch.empty(2**30, dtype=torch.int16, device=DEV).random_()
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / ms / 1e6
+
+
+def time_decode(batch: int, ctx: int, copy_gbs: float) -> dict:
+    torch.manual_seed(0)
+    q, kc, vc, meta = make_batch([ctx] * batch, [1] * batch, 32, 8, 128, torch.bfloat16)
+    kv_bytes = 2 * kc.numel() * kc.element_size()
+    graph, _ = capture_decode(q, kc, vc, meta)
+    ms = bench_ms(graph.replay)
+    eager_ms = bench_ms(partial(ta.paged_attention, q, kc, vc, meta, 128**-0.5))
+    gbs = kv_bytes / ms / 1e6
+    row = {"batch": batch, "ctx": ctx, "splits": ta.num_kv_splits(batch, 8, ctx, DEV),
+           "us": ms * 1e3, "eager_us": eager_ms * 1e3, "gbs": gbs, "pct": 100 * gbs / copy_gbs}
+    print(f"  decode b={batch:<3} ctx={ctx:<6} splits={row['splits']:<3} graph {ms * 1e3:8.1f} us"
+          f"  eager {eager_ms * 1e3:8.1f} us  {gbs:7.0f} GB/s  {row['pct']:5.1f}% of copy",
+          flush=True)
+    return row
+
+
+def time_prefill(batch: int, q_len: int, prefix: int) -> dict:
+    torch.manual_seed(0)
+    lens = [prefix + q_len] * batch
+    q, kc, vc, meta = make_batch(lens, [q_len] * batch, 32, 8, 128, torch.bfloat16)
+    ms = bench_ms(partial(ta.paged_attention, q, kc, vc, meta, 128**-0.5))
+    # Causal FLOPs: 2 matmuls x 2 flops x rows x visible keys (prefix + q_len/2 on average).
+    flops = 4 * batch * 32 * 128 * q_len * (prefix + q_len / 2)
+    sdpa_ms = float("nan")
+    if prefix == 0:
+        qd = q.view(batch, q_len, 32, 128).transpose(1, 2)
+        kd = torch.randn(batch, 32, q_len, 128, device=DEV, dtype=torch.bfloat16)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            sdpa_ms = bench_ms(partial(F.scaled_dot_product_attention, qd, kd, kd.clone(),
+                                       is_causal=True))
+    row = {"batch": batch, "q_len": q_len, "prefix": prefix, "us": ms * 1e3,
+           "tflops": flops / ms / 1e9, "sdpa_us": sdpa_ms * 1e3,
+           "sdpa_tflops": flops / sdpa_ms / 1e9}
+    print(f"  prefill b={batch} q={q_len} prefix={prefix}: {ms * 1e3:8.1f} us "
+          f"({row['tflops']:.0f} TFLOP/s), sdpa flash {sdpa_ms * 1e3:8.1f} us", flush=True)
+    return row
+
+
+def op_bandwidth() -> list[tuple[str, float, float]]:
+    """(op, us, GB/s) for the element-wise kernels at a prefill-sized batch."""
+    tokens, hidden, inter = 8192, 4096, 14336
+    x = torch.randn(tokens, hidden, device=DEV, dtype=torch.bfloat16)
+    res, w = torch.randn_like(x), torch.randn(hidden, device=DEV, dtype=torch.bfloat16)
+    h = torch.randn(tokens, 2 * inter, device=DEV, dtype=torch.bfloat16)
+    qkv = torch.randn(tokens, 48 * 128, device=DEV, dtype=torch.bfloat16)
+    q, k = qkv[:, : 32 * 128].view(tokens, 32, 128), qkv[:, 32 * 128 : 40 * 128].view(
+        tokens, 8, 128)
+    pos = torch.randint(0, 8192, (tokens,), device=DEV)
+    cache = torch.randn(8192, 128, device=DEV)
+    kv = torch.randn(tokens, 2, 8, 128, device=DEV, dtype=torch.bfloat16)
+    kc, vc = (torch.empty(tokens // 16, 16, 8, 128, device=DEV, dtype=torch.bfloat16)
+              for _ in range(2))
+    slots = torch.randperm(tokens, device=DEV)
+    size = x.numel() * 2
+    cases = [
+        ("rms_norm", lambda: to.rms_norm(x, w, 1e-6), 2 * size),
+        ("fused_add_rms_norm", lambda: to.fused_add_rms_norm(x, res, w, 1e-6), 4 * size),
+        ("silu_and_mul", lambda: to.silu_and_mul(h), h.numel() * 2 * 3 // 2),
+        ("rotary (neox)", lambda: to.rotary_embedding(pos, q, k, cache, True),
+         2 * (q.numel() + k.numel()) * 2),
+        ("write_kv_cache", lambda: ta.write_kv_cache(kv[:, 0], kv[:, 1], kc, vc, slots),
+         2 * kv.numel() * 2),
+    ]
+    rows = []
+    for name, fn, nbytes in cases:
+        ms = bench_ms(fn)
+        rows.append((name, ms * 1e3, nbytes / ms / 1e6))
+        print(f"  {name:<20} {ms * 1e3:8.1f} us  {rows[-1][2]:6.0f} GB/s", flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- tuning
+
+
+def tune_decode(batch: int, ctx: int, splits_options: set[int]) -> None:
+    q, kc, vc, meta = make_batch([ctx] * batch, [1] * batch, 32, 8, 128, torch.bfloat16)
+    kv_bytes = 2 * kc.numel() * kc.element_size()
+    results = []
+    for splits in sorted(splits_options):
+        for block_n, warps, stages in product((32, 64, 128), (4, 8), (2, 3)):
+            run = partial(ta.paged_decode, q, kc, vc, meta, 128**-0.5, num_splits=splits,
+                          block_n=block_n, num_warps=warps, num_stages=stages)
+            try:
+                ms = bench_ms(run)
+            except Exception as exc:  # a config may not fit in shared memory
+                print(f"  {block_n}/{warps}/{stages} splits={splits}: {exc!r:.80}")
+                continue
+            results.append((round(kv_bytes / ms / 1e6), splits, block_n, warps, stages))
+    print(f"  b={batch} ctx={ctx}: best (GB/s, splits, block_n, warps, stages):")
+    for r in sorted(results, reverse=True)[:6]:
+        print(f"    {r}")
+
+
+def tune() -> None:
+    print("\n== decode tuning (GB/s of KV read, eager) ==")
+    tune_decode(64, 4096, {1, 2, 4, ta.num_kv_splits(64, 8, 4096, DEV)})
+    tune_decode(16, 4096, {ta.num_kv_splits(16, 8, 4096, DEV)})
+    tune_decode(1, 16384, {ta.num_kv_splits(1, 8, 16384, DEV)})
+
+    print("\n== prefill tuning (4 x 1024 tokens) ==")
+    q, kc, vc, meta = make_batch([1024] * 4, [1024] * 4, 32, 8, 128, torch.bfloat16)
+    results = []
+    for block_m, block_n, warps, stages in [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2),
+                                            (128, 64, 8, 3), (128, 32, 4, 2), (128, 64, 4, 2),
+                                            (64, 32, 4, 3), (128, 128, 8, 2)]:
+        run = partial(ta.paged_prefill, q, kc, vc, meta, 128**-0.5, block_m=block_m,
+                      block_n=block_n, num_warps=warps, num_stages=stages)
+        try:
+            results.append((round(bench_ms(run) * 1e3, 1), block_m, block_n, warps, stages))
+        except Exception as exc:
+            print(f"  {block_m}/{block_n}/{warps}/{stages}: {exc!r:.80}")
+    print("  (us, block_m, block_n, warps, stages):")
+    for r in sorted(results):
+        print(f"    {r}")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def markdown(card: str, copy_gbs: float, correctness, decode, prefill, ops) -> str:
+    lines = [f"Card: {card}; torch {torch.__version__}, triton {triton.__version__}; "
+             f"{time.strftime('%Y-%m-%d')}; `PYTHONPATH=. python3 benchmarks/gpu_kernels.py`", "",
+             f"Copy bandwidth (2 GiB device-to-device, read + written): **{copy_gbs:.0f} GB/s**",
+             "", "Decode attention (32 q / 8 KV heads, head dim 128, bf16, block size 16, "
+             "CUDA-graph replay; GB/s = KV bytes read / time):", "",
+             "| batch | context | splits | time (us) | eager (us) | GB/s | % of copy |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['batch']} | {r['ctx']} | {r['splits']} | {r['us']:.1f} | "
+              f"{r['eager_us']:.1f} | {r['gbs']:.0f} | {r['pct']:.1f}% |" for r in decode]
+    lines += ["", "Prefill (32 q / 8 KV heads, head dim 128, bf16, causal) vs torch SDPA flash "
+              "(contiguous K/V, same FLOPs):", "",
+              "| batch | new tokens | cached prefix | intarsia (us) | TFLOP/s | SDPA flash (us) "
+              "| TFLOP/s |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['batch']} | {r['q_len']} | {r['prefix']} | {r['us']:.0f} | "
+              f"{r['tflops']:.0f} | {r['sdpa_us']:.0f} | {r['sdpa_tflops']:.0f} |" for r in prefill]
+    lines += ["", "Element-wise kernels (bf16, 8192 tokens, hidden 4096 / 14336):", "",
+              "| kernel | time (us) | GB/s |", "|---|---:|---:|"]
+    lines += [f"| {name} | {us:.1f} | {gbs:.0f} |" for name, us, gbs in ops]
+    lines += ["", "Correctness vs the torch reference (max |triton - ref| / max |ref|):", "",
+              "| kernel | dtype | rel. error | result |", "|---|---|---:|---|"]
+    lines += [f"| {n} | {d} | {e:.2e} | {'PASS' if ok else 'FAIL'} |"
+              for n, d, e, ok in correctness]
+    return "\n".join(lines) + "\n"
+
+
+def attempt(fn: Callable, *args):
+    """Run one measurement; a failure is printed and skipped so the rest still runs."""
+    try:
+        return fn(*args)
+    except Exception:
+        traceback.print_exc()
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tune", action="store_true", help="also sweep tile configurations")
+    parser.add_argument("--md", help="write the markdown tables to this file")
+    args = parser.parse_args()
+    card = torch.cuda.get_device_name()
+    print(f"{card}, torch {torch.__version__}, triton {triton.__version__}")
+
+    print("\n== correctness (Triton vs torch reference) ==")
+    correctness: list[tuple[str, str, float, bool]] = []
+    attempt(check_correctness, correctness)
+    print("\n== copy bandwidth ==")
+    copy_gbs = copy_bandwidth()
+    print(f"  {copy_gbs:.0f} GB/s")
+    if args.tune:
+        attempt(tune)
+    print("\n== decode attention ==")
+    decode = [attempt(time_decode, b, ctx, copy_gbs) for b in (1, 16, 64)
+              for ctx in (1024, 4096, 16384)]
+    print("\n== prefill attention ==")
+    prefill = [attempt(time_prefill, *case) for case in ((1, 4096, 0), (4, 1024, 0), (16, 512, 0),
+                                                         (1, 2048, 2048))]
+    print("\n== element-wise kernels ==")
+    ops = attempt(op_bandwidth) or []
+
+    report = markdown(card, copy_gbs, correctness, [r for r in decode if r],
+                      [r for r in prefill if r], ops)
+    print("\n" + report)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(report)
+    failed = [r for r in correctness if not r[3]]
+    print(f"{len(correctness) - len(failed)}/{len(correctness)} correctness checks passed")
+
+
+if __name__ == "__main__":
+    main()
