@@ -105,7 +105,7 @@ class LLM:
                              f"{self.config.task!r} (use {self.config.task}())")
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported yet")
-        single = isinstance(prompts, (str, dict))
+        single = not isinstance(prompts, (list, tuple))
         prompt_list = [prompts] if single else list(prompts)
         if not prompt_list:
             raise ValueError("no prompts given")

@@ -181,4 +181,5 @@ class LLMEngine:
                 logprobs=seq.logprobs if want else None,
                 finish_reason=seq.finish_reason, stop_reason=seq.stop_reason))
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
-                             completions, request.prompt_logprobs)
+                             completions, request.prompt_logprobs,
+                             num_cached_tokens=max(seq.num_cached_tokens for seq in request.seqs))
