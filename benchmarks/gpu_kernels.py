@@ -9,7 +9,7 @@
 3. Decode attention over batch 1/16/64 x context 1k/4k/16k (32 q / 8 KV heads, head
    dim 128, bf16), replayed from a CUDA graph: time and KV bytes read / time against
    the copy bandwidth. Prefill kernel at a few sizes against torch SDPA (flash).
-`--tune` also sweeps decode/prefill tile configurations and prints the best.
+`--tune` also sweeps the decode partitioning and tile configurations (graph replay).
 
 Timings are medians of `triton.testing.do_bench`, which clears the L2 cache before
 every run, so small working sets are not served from L2.
@@ -165,14 +165,18 @@ def check_correctness(rows: list[tuple[str, str, float, bool]]) -> None:
                ref.paged_attention(q, kc, vc, meta, 128**-0.5))
 
 
-def capture_decode(q, kc, vc, meta) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """Capture one decode call in a CUDA graph; returns the graph and its output tensor."""
-    ta.paged_attention(q, kc, vc, meta, q.shape[-1] ** -0.5)  # compile outside the capture
+def capture(fn: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Capture `fn` in a CUDA graph; returns the graph and the output tensor it refills."""
+    fn()  # compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = ta.paged_attention(q, kc, vc, meta, q.shape[-1] ** -0.5)
+        out = fn()
     return graph, out
+
+
+def capture_decode(q, kc, vc, meta) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    return capture(partial(ta.paged_attention, q, kc, vc, meta, q.shape[-1] ** -0.5))
 
 
 # ----------------------------------------------------------------------------- bandwidth
@@ -260,46 +264,35 @@ def op_bandwidth() -> list[tuple[str, float, float]]:
 # ----------------------------------------------------------------------------- tuning
 
 
-def tune_decode(batch: int, ctx: int, splits_options: set[int]) -> None:
+def tune_decode(batch: int, ctx: int) -> None:
     q, kc, vc, meta = make_batch([ctx] * batch, [1] * batch, 32, 8, 128, torch.bfloat16)
     kv_bytes = 2 * kc.numel() * kc.element_size()
+    default = ta.num_kv_splits(batch, 8, ctx, DEV)
     results = []
-    for splits in sorted(splits_options):
-        for block_n, warps, stages in product((32, 64, 128), (4, 8), (2, 3)):
-            run = partial(ta.paged_decode, q, kc, vc, meta, 128**-0.5, num_splits=splits,
-                          block_n=block_n, num_warps=warps, num_stages=stages)
-            try:
-                ms = bench_ms(run)
-            except Exception as exc:  # a config may not fit in shared memory
-                print(f"  {block_n}/{warps}/{stages} splits={splits}: {exc!r:.80}")
-                continue
-            results.append((round(kv_bytes / ms / 1e6), splits, block_n, warps, stages))
-    print(f"  b={batch} ctx={ctx}: best (GB/s, splits, block_n, warps, stages):")
-    for r in sorted(results, reverse=True)[:6]:
+    for splits, min_part, block_n, stages in product((1, 2, 4, 8, 16, 32, 64), (64, 128, 256),
+                                                     (32, 64), (2, 3)):
+        if splits > triton.cdiv(ctx, min_part):
+            continue  # same partitions as a smaller bound
+        run = partial(ta.paged_decode, q, kc, vc, meta, 128**-0.5, num_splits=splits,
+                      min_part=min_part, block_n=block_n, num_stages=stages)
+        try:
+            ms = bench_ms(capture(run)[0].replay)
+        except Exception as exc:  # a config may not fit in shared memory
+            print(f"  {splits}/{min_part}/{block_n}/{stages}: {exc!r:.80}")
+            continue
+        results.append((round(kv_bytes / ms / 1e6), splits, min_part, block_n, stages))
+    print(f"  b={batch} ctx={ctx} (default splits {default}): "
+          "best (GB/s, splits, min_part, block_n, stages):")
+    for r in sorted(results, reverse=True)[:5]:
         print(f"    {r}")
 
 
 def tune() -> None:
-    print("\n== decode tuning (GB/s of KV read, eager) ==")
-    tune_decode(64, 4096, {1, 2, 4, ta.num_kv_splits(64, 8, 4096, DEV)})
-    tune_decode(16, 4096, {ta.num_kv_splits(16, 8, 4096, DEV)})
-    tune_decode(1, 16384, {ta.num_kv_splits(1, 8, 16384, DEV)})
-
-    print("\n== prefill tuning (4 x 1024 tokens) ==")
-    q, kc, vc, meta = make_batch([1024] * 4, [1024] * 4, 32, 8, 128, torch.bfloat16)
-    results = []
-    for block_m, block_n, warps, stages in [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2),
-                                            (128, 64, 8, 3), (128, 32, 4, 2), (128, 64, 4, 2),
-                                            (64, 32, 4, 3), (128, 128, 8, 2)]:
-        run = partial(ta.paged_prefill, q, kc, vc, meta, 128**-0.5, block_m=block_m,
-                      block_n=block_n, num_warps=warps, num_stages=stages)
-        try:
-            results.append((round(bench_ms(run) * 1e3, 1), block_m, block_n, warps, stages))
-        except Exception as exc:
-            print(f"  {block_m}/{block_n}/{warps}/{stages}: {exc!r:.80}")
-    print("  (us, block_m, block_n, warps, stages):")
-    for r in sorted(results):
-        print(f"    {r}")
+    print("\n== decode tuning (GB/s of KV read, CUDA-graph replay, 4 warps) ==")
+    for batch, ctx in ((1, 1024), (1, 4096), (1, 16384), (16, 1024), (16, 4096), (64, 1024),
+                       (64, 4096)):
+        tune_decode(batch, ctx)
+        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------- report
