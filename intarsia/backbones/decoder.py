@@ -39,8 +39,9 @@ class DecoderArgs:
     intermediate_size: int
     norm_eps: float = 1e-6
     norm: str = "rms"  # "rms" | "layer"
-    norm_offset: float = 0.0  # 1.0: Gemma's (1 + w)
+    norm_offset: float = 0.0  # 1.0: Gemma's (1 + w), or Nemotron's layernorm1p with norm="layer"
     norm_bias: bool = True  # LayerNorm only
+    norm_affine: bool = True  # LayerNorm only; False: no weight and no bias (OLMo)
     act: str = "silu"
     gated_mlp: bool = True
     qkv_bias: bool = False
@@ -54,6 +55,7 @@ class DecoderArgs:
     attn_scale: float | None = None  # None: 1/sqrt(head_dim)
     embed_scale: float = 1.0
     logit_scale: float = 1.0
+    residual_scale: float = 1.0  # attention and MLP outputs scaled before the residual add (Granite)
     tie_word_embeddings: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -69,7 +71,12 @@ def make_norm(args: DecoderArgs, dim: int | None = None) -> nn.Module:
     dim = dim or args.hidden_size
     if args.norm == "rms":
         return RMSNorm(dim, args.norm_eps, args.norm_offset)
-    return LayerNorm(dim, args.norm_eps, args.norm_bias)
+    return LayerNorm(dim, args.norm_eps, args.norm_bias, args.norm_offset, args.norm_affine)
+
+
+def make_mlp(args: DecoderArgs) -> nn.Module:
+    mlp = GatedMLP if args.gated_mlp else PlainMLP
+    return mlp(args.hidden_size, args.intermediate_size, args.act, args.mlp_bias)
 
 
 class SelfAttention(nn.Module):
@@ -85,21 +92,27 @@ class SelfAttention(nn.Module):
         self.attn = PagedAttention(layer_idx, h, kvh, d, scale, args.layer_window(layer_idx),
                                    args.attn_softcap)
 
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v before rotary; families that clip or normalise them override this."""
+        return self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+
     def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = self.project_qkv(x)
         if self.rope is not None:
             q, k = self.rope(positions, q, k)
         return self.o_proj(self.attn(q, k, v, ctx))
 
 
 class DecoderLayer(nn.Module):
+    attn_cls: type[SelfAttention] = SelfAttention  # families override what differs
+
     def __init__(self, args: DecoderArgs, layer_idx: int) -> None:
         super().__init__()
         self.input_layernorm = make_norm(args)
-        self.self_attn = SelfAttention(args, layer_idx)
+        self.self_attn = self.attn_cls(args, layer_idx)
         self.post_attention_layernorm = make_norm(args)
-        mlp = GatedMLP if args.gated_mlp else PlainMLP
-        self.mlp = mlp(args.hidden_size, args.intermediate_size, args.act, args.mlp_bias)
+        self.mlp = make_mlp(args)
+        self.residual_scale = args.residual_scale
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
                 ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +121,13 @@ class DecoderLayer(nn.Module):
         else:
             x, residual = self.input_layernorm(x, residual)
         x = self.self_attn(positions, x, ctx)
+        if self.residual_scale != 1.0:
+            x = x * self.residual_scale
         x, residual = self.post_attention_layernorm(x, residual)
-        return self.mlp(x), residual
+        x = self.mlp(x)
+        if self.residual_scale != 1.0:
+            x = x * self.residual_scale
+        return x, residual
 
 
 class DecoderModel(nn.Module):

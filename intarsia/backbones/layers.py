@@ -68,19 +68,25 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with optional bias, with the same residual convention as RMSNorm."""
+    """LayerNorm with optional bias, with the same residual convention as RMSNorm.
 
-    def __init__(self, dim: int, eps: float, bias: bool = True) -> None:
+    `offset=1` scales by ``(1 + w)`` (Nemotron's layernorm1p); `affine=False` has no
+    weight and no bias at all (OLMo's non-parametric norm).
+    """
+
+    def __init__(self, dim: int, eps: float, bias: bool = True, offset: float = 0.0,
+                 affine: bool = True) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
-        self.bias = nn.Parameter(torch.zeros(dim), requires_grad=False) if bias else None
-        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim), requires_grad=False) if bias and affine else None
+        self.eps, self.offset = eps, offset
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         if residual is not None:
             x = residual = x + residual
-        out = F.layer_norm(x.float(), x.shape[-1:], self.weight.float(),
-                           None if self.bias is None else self.bias.float(), self.eps).to(x.dtype)
+        weight = None if self.weight is None else self.weight.float() + self.offset
+        bias = None if self.bias is None else self.bias.float()
+        out = F.layer_norm(x.float(), x.shape[-1:], weight, bias, self.eps).to(x.dtype)
         return out if residual is None else (out, residual)
 
 
