@@ -14,6 +14,7 @@ class ModelEntry:
     cls: type[nn.Module]
     task: str  # default task: "generate" | "embed" | "classify" | "reward"
     multimodal: bool
+    processor: type | None = None  # prompt processor class of a multimodal model
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -21,13 +22,15 @@ _REGISTRY: dict[str, ModelEntry] = {}
 _DECLARATION_MODULES = ("intarsia.backbones",)
 
 
-def register(*names: str, task: str = "generate", multimodal: bool = False):
+def register(*names: str, task: str = "generate", multimodal: bool = False,
+             processor: type | None = None):
     """Class decorator: make the model class loadable under HF architecture `names`
-    (the first is the canonical one; further names are aliases such as vLLM's spelling)."""
+    (the first is the canonical one; further names are aliases such as vLLM's spelling).
+    A multimodal model names its prompt processor (see `intarsia.processors.multimodal`)."""
 
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
         for name in names:
-            _REGISTRY[name] = ModelEntry(cls, task, multimodal)
+            _REGISTRY[name] = ModelEntry(cls, task, multimodal or processor is not None, processor)
         return cls
 
     return wrap
