@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +56,9 @@ class DecoderArgs:
     embed_scale: float = 1.0
     logit_scale: float = 1.0
     residual_scale: float = 1.0  # attention and MLP outputs scaled before the residual add (Granite)
+    alibi_slopes: torch.Tensor | None = None  # per query head: slope * (key_pos - query_pos) added to scores
+    embed_dim: int | None = None  # token-embedding (and LM-head) width when not hidden_size (OPT-350m)
+    lm_head_bias: bool = False
     tie_word_embeddings: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -90,7 +93,7 @@ class SelfAttention(nn.Module):
         self.rope = args.rope
         scale = args.attn_scale if args.attn_scale is not None else 1 / math.sqrt(d)
         self.attn = PagedAttention(layer_idx, h, kvh, d, scale, args.layer_window(layer_idx),
-                                   args.attn_softcap)
+                                   args.attn_softcap, args.alibi_slopes)
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v before rotary; families that clip or normalise them override this."""
@@ -101,6 +104,15 @@ class SelfAttention(nn.Module):
         if self.rope is not None:
             q, k = self.rope(positions, q, k)
         return self.o_proj(self.attn(q, k, v, ctx))
+
+
+def norm_residual(norm: nn.Module, x: torch.Tensor,
+                  residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`norm(x + residual)` and the new residual `x + residual` (just `x` in the first layer,
+    which has no residual yet): the fused add-and-norm every pre-norm layer starts with."""
+    if residual is None:
+        return norm(x), x
+    return norm(x, residual)
 
 
 class DecoderLayer(nn.Module):
@@ -116,10 +128,7 @@ class DecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
                 ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            residual, x = x, self.input_layernorm(x)
-        else:
-            x, residual = self.input_layernorm(x, residual)
+        x, residual = norm_residual(self.input_layernorm, x, residual)
         x = self.self_attn(positions, x, ctx)
         if self.residual_scale != 1.0:
             x = x * self.residual_scale
@@ -133,7 +142,7 @@ class DecoderLayer(nn.Module):
 class DecoderModel(nn.Module):
     def __init__(self, args: DecoderArgs, layer_cls: type[nn.Module] = DecoderLayer) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.embed_dim or args.hidden_size)
         self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleList(layer_cls(args, i) for i in range(args.num_layers))
         self.norm = make_norm(args)
@@ -158,7 +167,9 @@ class WeightMap:
 
     `renames` are regex substitutions applied in order; `shards` send a (renamed)
     name fragment to a fused parameter and the shard inside it; names matching
-    `ignore` are skipped (e.g. precomputed rotary tables).
+    `ignore` are skipped (e.g. precomputed rotary tables); `transforms` rewrite the
+    tensors whose checkpoint name matches a pattern, given the model's DecoderArgs
+    (e.g. transposed Conv1D weights, q/k/v rows interleaved per head).
     """
 
     renames: tuple[tuple[str, str], ...] = ()
@@ -170,6 +181,13 @@ class WeightMap:
         (".up_proj.", ".gate_up_proj.", "up"),
     )
     ignore: tuple[str, ...] = (r"rotary_emb\.inv_freq", r"\.masked_bias$", r"\.attn\.bias$")
+    transforms: tuple[tuple[str, Callable[[DecoderArgs, torch.Tensor], torch.Tensor]], ...] = ()
+
+    def transform(self, args: DecoderArgs, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        for pattern, fn in self.transforms:
+            if re.search(pattern, name):
+                tensor = fn(args, tensor)
+        return tensor
 
 
 def load_named_weights(module: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
@@ -235,7 +253,7 @@ class CausalLM(nn.Module):
         self.config = config
         self.args = args = self.adapt(config, max_positions)
         self.model = self.model_cls(args, self.layer_cls)
-        self.lm_head = Linear(args.hidden_size, args.vocab_size)
+        self.lm_head = Linear(args.embed_dim or args.hidden_size, args.vocab_size, args.lm_head_bias)
         if args.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -258,6 +276,8 @@ class CausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         if self.args.tie_word_embeddings:  # some checkpoints store the tied copy too
             weights = ((n, w) for n, w in weights if n != "lm_head.weight")
+        if self.weight_map.transforms:
+            weights = ((n, self.weight_map.transform(self.args, n, w)) for n, w in weights)
         load_named_weights(self, weights, self.weight_map)
 
 
@@ -268,6 +288,14 @@ def head_dim_of(config) -> int:
 def sliding_layers_of(config) -> list[bool] | None:
     layer_types = getattr(config, "layer_types", None)
     return None if layer_types is None else [t == "sliding_attention" for t in layer_types]
+
+
+def norm_eps_of(config) -> float:
+    """The norm epsilon, under whichever name the family's config uses."""
+    for name in ("rms_norm_eps", "layer_norm_eps", "norm_eps", "norm_epsilon", "layer_norm_epsilon"):
+        if getattr(config, name, None) is not None:
+            return getattr(config, name)
+    raise ValueError(f"{type(config).__name__} has no norm epsilon field")
 
 
 def llama_like_args(config, max_positions: int, **overrides) -> DecoderArgs:
@@ -281,8 +309,8 @@ def llama_like_args(config, max_positions: int, **overrides) -> DecoderArgs:
         num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
         head_dim=head_dim,
         intermediate_size=config.intermediate_size,
-        norm_eps=config.rms_norm_eps,
-        act=config.hidden_act,
+        norm_eps=norm_eps_of(config),
+        act=getattr(config, "hidden_act", None) or config.hidden_activation,  # Gemma 2 spells it so
         qkv_bias=getattr(config, "attention_bias", False),
         o_bias=getattr(config, "attention_bias", False),
         mlp_bias=getattr(config, "mlp_bias", False),
