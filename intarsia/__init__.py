@@ -1,7 +1,16 @@
 """intarsia: a multimodal-first LLM inference engine."""
 
 from intarsia.engine.llm import LLM, BatchError, LoRARequest
-from intarsia.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from intarsia.engine.outputs import (
+    CompletionOutput,
+    Logprob,
+    PoolingOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
+from intarsia.engine.pooler import PoolerConfig
 from intarsia.engine.sampling_params import SamplingParams
 
 __all__ = [
@@ -10,6 +19,11 @@ __all__ = [
     "CompletionOutput",
     "Logprob",
     "LoRARequest",
+    "PoolerConfig",
+    "PoolingOutput",
+    "PoolingRequestOutput",
     "RequestOutput",
     "SamplingParams",
+    "ScoringOutput",
+    "ScoringRequestOutput",
 ]

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from intarsia.engine.loader import resolve_model_path
+from intarsia.engine.pooler import PoolerConfig, resolve_pooler_config
 from intarsia.engine.registry import ModelEntry, resolve
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
@@ -54,6 +55,7 @@ class EngineConfig:
     load_format: str
     seed: int
     limit_mm_per_prompt: dict[str, int]
+    pooler_config: PoolerConfig | None = None  # set for the pooling tasks
 
     @classmethod
     def create(cls, model: str, dtype: str | torch.dtype = "auto", device: str | None = None,
@@ -63,7 +65,8 @@ class EngineConfig:
                gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
                load_format: str = "auto", seed: int = 0,
                limit_mm_per_prompt: dict[str, int] | None = None,
-               hf_config: PretrainedConfig | None = None) -> EngineConfig:
+               hf_config: PretrainedConfig | None = None,
+               pooler_config: PoolerConfig | dict | None = None) -> EngineConfig:
         path = resolve_model_path(model) if hf_config is None else Path(model)
         if hf_config is None:
             if not (path / "config.json").exists():
@@ -77,6 +80,14 @@ class EngineConfig:
             task = entry.task
         if task not in ("generate", "embed", "classify", "reward"):
             raise ValueError(f"unknown task {task!r}; use generate, embed, classify, reward or auto")
+        # A generation model can also embed (pooling its last hidden states); a pooling
+        # model runs only the task its head was trained for.
+        supported = (entry.task, "embed") if entry.task == "generate" else (entry.task,)
+        if task not in supported:
+            raise ValueError(f"{architecture} cannot run task {task!r}; it supports {', '.join(supported)}")
+        if task == "generate" and pooler_config is not None:
+            raise ValueError("pooler_config applies to the pooling tasks (embed, classify, reward), "
+                             "not to generate")
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         text_config = _text_config(hf_config)
         limit = getattr(text_config, "max_position_embeddings", None) or 2048
@@ -94,6 +105,8 @@ class EngineConfig:
             enable_prefix_caching=enable_prefix_caching, num_kv_blocks=num_kv_blocks,
             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
             load_format=load_format, seed=seed, limit_mm_per_prompt=limit_mm_per_prompt or {},
+            pooler_config=None if task == "generate" else resolve_pooler_config(
+                task, entry.cls, path, pooler_config),
         )
 
     @property

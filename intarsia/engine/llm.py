@@ -8,18 +8,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from intarsia.engine.config import EngineConfig
 from intarsia.engine.llm_engine import LLMEngine
-from intarsia.engine.outputs import RequestOutput
+from intarsia.engine.outputs import (
+    PoolingRequestOutput,
+    RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
+from intarsia.engine.pooler import PoolerConfig
 from intarsia.engine.sampling_params import SamplingParams
 from intarsia.engine.sequence import Request
 from intarsia.processors.text import TextProcessor
 
 PromptType = str | dict[str, Any]
 MODALITY_ARGS = {"images": "image", "videos": "video", "audio": "audio"}
+_POOLING_PARAMS = SamplingParams(max_tokens=1)  # pooling requests sample nothing
+_POOLING_METHODS = {"embed": "an embedding", "classify": "a classification", "reward": "a reward"}
 
 
 @dataclass
@@ -50,6 +59,17 @@ def _load_tokenizer(config: EngineConfig) -> PreTrainedTokenizerBase | None:
         return None
 
 
+def _prompt_batch(prompts: PromptType | list[PromptType], media: dict[str, Any]
+                  ) -> tuple[bool, list[PromptType], dict[str, list]]:
+    """(whether one bare prompt was given, the prompts as a list, the per-prompt media)."""
+    single = not isinstance(prompts, (list, tuple))
+    prompt_list = [prompts] if single else list(prompts)
+    if not prompt_list:
+        raise ValueError("no prompts given")
+    return single, prompt_list, {name: _per_prompt(value, len(prompt_list), name)
+                                 for name, value in media.items() if value is not None}
+
+
 def _per_prompt(value: Any, count: int, name: str) -> list:
     """Broadcast one value to every prompt, or check a per-prompt list."""
     if isinstance(value, list) and len(value) == count and (count > 1 or isinstance(
@@ -67,6 +87,11 @@ class LLM:
 
     >>> llm = LLM(model="path/or/hub-id")
     >>> llm.generate("Hello", SamplingParams(temperature=0, max_tokens=8))[0].outputs[0].text
+
+    Pooling tasks (`task="embed" | "classify" | "reward"`, or the architecture's own
+    with "auto") take `pooler_config=`: a `PoolerConfig`, or a dict overriding some of
+    its fields (`{"pooling_type": "MEAN", "normalize": False}`) over the defaults of the
+    task, the architecture and the checkpoint's sentence-transformers files.
     """
 
     def __init__(self, model: str, dtype: str | torch.dtype = "auto", device: str | None = None,
@@ -86,7 +111,9 @@ class LLM:
             enable_prefix_caching=enable_prefix_caching, seed=seed,
             limit_mm_per_prompt=limit_mm_per_prompt, **engine_kwargs)
         self.tokenizer = _load_tokenizer(self.config)
-        self.processor = TextProcessor(self.tokenizer)
+        entry = self.config.entry
+        self.processor = TextProcessor(self.tokenizer) if entry.processor is None else entry.processor(
+            self.tokenizer, self.config.model_path, self.config.hf_config, self.config.limit_mm_per_prompt)
         self.engine = LLMEngine(self.config, self.tokenizer)
         self._request_counter = 0
 
@@ -105,15 +132,79 @@ class LLM:
                              f"{self.config.task!r} (use {self.config.task}())")
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported yet")
-        single = not isinstance(prompts, (list, tuple))
-        prompt_list = [prompts] if single else list(prompts)
-        if not prompt_list:
-            raise ValueError("no prompts given")
+        single, prompt_list, media = _prompt_batch(
+            prompts, {"images": images, "videos": videos, "audio": audio})
+        params = _per_prompt(sampling_params or SamplingParams(), len(prompt_list), "sampling_params")
+        return self._submit(prompt_list, params, media, single, use_tqdm)
+
+    def embed(self, prompts: PromptType | list[PromptType], *, images: Any = None,
+              videos: Any = None, audio: Any = None, use_tqdm: bool = True
+              ) -> list[PoolingRequestOutput]:
+        """Embed each prompt (with its media, as in `generate`): `.outputs.embedding`.
+        Needs task="embed" (an embedding model, or a generation model loaded with
+        task="embed"); pooling per `LLM(..., pooler_config=...)`."""
+        return self._pool("embed", prompts, use_tqdm,
+                          {"images": images, "videos": videos, "audio": audio})
+
+    def classify(self, prompts: PromptType | list[PromptType], *, use_tqdm: bool = True
+                 ) -> list[PoolingRequestOutput]:
+        """Class probabilities of each prompt: `.outputs.probs` (task="classify")."""
+        return self._pool("classify", prompts, use_tqdm, {})
+
+    def reward(self, prompts: PromptType | list[PromptType], *, use_tqdm: bool = True
+               ) -> list[PoolingRequestOutput]:
+        """Per-token rewards of each prompt: `.outputs.data`, [num_tokens, num_labels]
+        (task="reward")."""
+        return self._pool("reward", prompts, use_tqdm, {})
+
+    def score(self, queries: PromptType | list[PromptType],
+              documents: PromptType | list[PromptType], *, use_tqdm: bool = True
+              ) -> list[ScoringRequestOutput]:
+        """Cosine similarity of embeddings: one query against every document, or the
+        i-th query against the i-th document. Prompts may be dicts with
+        `multi_modal_data`, so text queries can rank images."""
+        if self.config.task != "embed":
+            raise ValueError(f"score() compares embeddings and needs task='embed'; this LLM "
+                             f"runs task {self.config.task!r}")
+        query_list = list(queries) if isinstance(queries, (list, tuple)) else [queries]
+        document_list = list(documents) if isinstance(documents, (list, tuple)) else [documents]
+        if not query_list or not document_list:
+            raise ValueError("score() needs at least one query and one document")
+        if len(query_list) not in (1, len(document_list)):
+            raise ValueError(f"score() takes one query or one per document; got {len(query_list)} "
+                             f"queries for {len(document_list)} documents")
+        try:
+            embedded = self.embed(query_list + document_list, use_tqdm=use_tqdm)
+        except BatchError as e:
+            names = [f"query {i}" for i in range(len(query_list))] + [
+                f"document {i}" for i in range(len(document_list))]
+            raise ValueError("score() could not embed " + "; ".join(
+                f"{names[i]}: {msg}" for i, msg in e.errors.items())) from e
+        query_out, document_out = embedded[:len(query_list)], embedded[len(query_list):]
+        if len(query_out) == 1:
+            query_out = query_out * len(document_out)
+        similarity = F.cosine_similarity(torch.stack([q.outputs.data for q in query_out]),
+                                         torch.stack([d.outputs.data for d in document_out]), dim=-1)
+        return [ScoringRequestOutput(f"{q.request_id}_{d.request_id}",
+                                     q.prompt_token_ids + d.prompt_token_ids, ScoringOutput(float(s)))
+                for q, d, s in zip(query_out, document_out, similarity.tolist(), strict=True)]
+
+    def _pool(self, task: str, prompts: PromptType | list[PromptType], use_tqdm: bool,
+              media: dict[str, Any]) -> list[PoolingRequestOutput]:
+        if self.config.task != task:
+            hint = (" (a generation model embeds too: LLM(model, task='embed'))"
+                    if task == "embed" and self.config.task == "generate" else "")
+            raise ValueError(f"{task}() needs {_POOLING_METHODS[task]} model (task={task!r}); this "
+                             f"LLM runs task {self.config.task!r}{hint}")
+        single, prompt_list, media = _prompt_batch(prompts, media)
+        return self._submit(prompt_list, [_POOLING_PARAMS] * len(prompt_list), media, single,
+                            use_tqdm, self.config.pooler_config)
+
+    def _submit(self, prompt_list: list[PromptType], params: list, media: dict[str, list],
+                single: bool, use_tqdm: bool, pooling: PoolerConfig | None = None) -> list:
+        """Make a request of each prompt and run them together; a prompt that cannot
+        become a request fails alone (ValueError for one prompt, else BatchError)."""
         count = len(prompt_list)
-        params = _per_prompt(sampling_params or SamplingParams(), count, "sampling_params")
-        media = {name: _per_prompt(value, count, name)
-                 for name, value in (("images", images), ("videos", videos), ("audio", audio))
-                 if value is not None}
         requests: dict[int, Request] = {}
         errors: dict[int, str] = {}
         for i, prompt in enumerate(prompt_list):
@@ -122,7 +213,7 @@ class LLM:
                     raise ValueError(f"sampling_params must be SamplingParams, got "
                                      f"{type(params[i]).__name__}")
                 requests[i] = self._make_request(prompt, params[i],
-                                                 {k: v[i] for k, v in media.items()})
+                                                 {k: v[i] for k, v in media.items()}, pooling)
             except (ValueError, FileNotFoundError) as e:
                 errors[i] = str(e)
         if single and errors:
@@ -148,8 +239,8 @@ class LLM:
                             "add_special_tokens": False})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def _make_request(self, prompt: PromptType, params: SamplingParams,
-                      media: dict[str, Any]) -> Request:
+    def _make_request(self, prompt: PromptType, params: SamplingParams, media: dict[str, Any],
+                      pooling: PoolerConfig | None = None) -> Request:
         if isinstance(prompt, str):
             prompt = {"prompt": prompt}
         if not isinstance(prompt, dict):
@@ -163,7 +254,7 @@ class LLM:
         processed = self.processor.process(prompt, mm_data)
         self._request_counter += 1
         request = Request(str(self._request_counter), processed.prompt, processed.token_ids,
-                          params, mm_inputs=processed.mm_inputs)
+                          params, pooling=pooling, mm_inputs=processed.mm_inputs)
         self.engine.validate_prompt(request.prompt_token_ids)
         return request
 

@@ -11,7 +11,14 @@ from intarsia.engine.block_manager import BlockManager
 from intarsia.engine.config import EngineConfig
 from intarsia.engine.detokenizer import IncrementalDetokenizer
 from intarsia.engine.model_runner import ModelRunner, StepBatch
-from intarsia.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from intarsia.engine.outputs import (
+    CompletionOutput,
+    Logprob,
+    PoolingOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+)
+from intarsia.engine.pooler import Pooler
 from intarsia.engine.sampler import Sampler
 from intarsia.engine.scheduler import Scheduler
 from intarsia.engine.sequence import Request, Sequence, Status
@@ -40,6 +47,9 @@ class LLMEngine:
         self.eos_token_ids = eos_ids_of(config, tokenizer)
         self.generator = torch.Generator(config.device).manual_seed(config.seed)
         self.sampler = Sampler(self.eos_token_ids, self.generator)
+        # Classify / reward models score pooled rows with their `score` head.
+        self.pooler = Pooler(getattr(self.runner.model, "score", None)
+                             if config.task in ("classify", "reward") else None)
         self.vocab_size = self.runner.model.args.vocab_size
         self._seq_ids = itertools.count()
 
@@ -81,12 +91,15 @@ class LLMEngine:
         batch = runner.prepare(scheduled)
         hidden = runner.forward(batch)
         self._prompt_logprobs(batch, hidden)
+        pooled = self.pooler.collect(batch.pool_rows, hidden)
         sampled = None
         if batch.sample_seqs:
             logits = runner.compute_logits(hidden[batch.sample_rows])
             sampled = self.sampler(logits, [item.seq for item in batch.sample_seqs])
         self.scheduler.update(scheduled)
-        finished = []
+        for seq in pooled:  # a pooling request keeps no KV after its prompt
+            self.scheduler.finish(seq)
+        finished = list(pooled)
         for row, item in enumerate(batch.sample_seqs if sampled else []):
             seq = item.seq
             self._append_token(seq, row, sampled)
@@ -163,7 +176,9 @@ class LLMEngine:
                 request.prompt_logprobs.append(
                     self._logprob_entry(ids, values, target, float(chosen[i]), int(ranks[i])))
 
-    def request_output(self, request: Request) -> RequestOutput:
+    def request_output(self, request: Request) -> RequestOutput | PoolingRequestOutput:
+        if request.pooling is not None:
+            return self._pooling_output(request)
         completions = []
         for seq in request.seqs:
             if seq.detokenizer is not None and seq.finish_reason == "stop" and isinstance(
@@ -183,3 +198,12 @@ class LLMEngine:
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              completions, request.prompt_logprobs,
                              num_cached_tokens=max(seq.num_cached_tokens for seq in request.seqs))
+
+    def _pooling_output(self, request: Request) -> PoolingRequestOutput:
+        data = request.pooled
+        output = PoolingOutput(data=data)
+        if self.config.task == "embed":
+            output.embedding = data.tolist()
+        elif self.config.task == "classify":
+            output.probs = data.tolist()
+        return PoolingRequestOutput(request.request_id, request.prompt, request.prompt_token_ids, output)

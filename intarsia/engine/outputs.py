@@ -52,3 +52,18 @@ class PoolingRequestOutput:
     prompt_token_ids: list[int]
     outputs: PoolingOutput
     finished: bool = field(default=True)
+
+
+@dataclass
+class ScoringOutput:
+    score: float  # cosine similarity of the two embeddings
+
+
+@dataclass
+class ScoringRequestOutput:
+    """One (query, document) pair scored by `LLM.score`; the ids are the pair's, joined."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: ScoringOutput
+    finished: bool = True

@@ -64,8 +64,11 @@ class Scheduler:
         while (self.waiting and budget > 0 and not preempted
                and len(self.running) < self.max_num_seqs):
             seq = self.waiting[0]
-            wants_prompt_logprobs = seq.params.prompt_logprobs is not None
-            hits = [] if wants_prompt_logprobs else self.block_manager.prefix_hits(seq)
+            pooling = seq.request.pooling
+            # Prompt logprobs and MEAN/CLS/ALL pooling read every prompt row: no cache hits.
+            reads_every_row = (seq.params.prompt_logprobs is not None
+                               or (pooling is not None and pooling.needs_whole_prompt))
+            hits = [] if reads_every_row else self.block_manager.prefix_hits(seq)
             num_new = min(seq.num_tokens - len(hits) * self.block_manager.block_size, budget)
             if not self.block_manager.try_allocate_prompt(seq, num_new, hits):
                 break

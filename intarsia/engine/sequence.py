@@ -6,12 +6,15 @@ import enum
 import hashlib
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from intarsia.engine.outputs import Logprob
 from intarsia.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from intarsia.engine.pooler import PoolerConfig
 
 
 class Status(enum.Enum):
@@ -28,7 +31,8 @@ class Request:
     prompt: str | None
     prompt_token_ids: list[int]
     params: SamplingParams
-    pooling: bool = False  # pooling requests run the prompt once and return hidden states
+    # Set for pooling requests: they run the prompt once and return pooled hidden states.
+    pooling: PoolerConfig | None = None
     mm_inputs: Any = None  # processed multimodal items, owned by the processors
     seqs: list[Sequence] = field(default_factory=list)
     prompt_logprobs: list[dict[int, Logprob] | None] | None = None
