@@ -2,7 +2,7 @@
 config chosen to exercise what sets the family apart."""
 
 from hf_reference import assert_matches_hf
-from transformers import Gemma2Config, GemmaConfig
+from transformers import CohereConfig, Gemma2Config, GemmaConfig
 
 COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -25,3 +25,14 @@ def test_gemma2_softcaps_alternating_window(tmp_path):
                           query_pre_attn_scalar=24, tie_word_embeddings=False)
     assert config.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
     assert_matches_hf(config, tmp_path)
+
+
+def test_cohere_parallel_residual_qk_norm(tmp_path):
+    # Per-head QK LayerNorm, biased attention, GQA, interleaved rotary, scaled logits.
+    config = CohereConfig(**COMMON, use_qk_norm=True, attention_bias=True, logit_scale=0.5)
+    assert config.tie_word_embeddings
+    assert_matches_hf(config, tmp_path)
+
+
+def test_cohere_without_qk_norm(tmp_path):
+    assert_matches_hf(CohereConfig(**COMMON, logit_scale=0.5), tmp_path, engine_variants=[{}])
