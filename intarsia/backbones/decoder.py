@@ -17,6 +17,7 @@ from torch import nn
 from intarsia.backbones.context import ForwardContext
 from intarsia.backbones.layers import (
     GatedMLP,
+    HeadNorm,
     LayerNorm,
     Linear,
     PagedAttention,
@@ -25,6 +26,7 @@ from intarsia.backbones.layers import (
     default_weight_loader,
     fused_linear,
 )
+from intarsia.backbones.moe import MoEArgs, SparseMoE
 from intarsia.backbones.rotary import RotaryEmbedding
 
 
@@ -59,7 +61,11 @@ class DecoderArgs:
     alibi_slopes: torch.Tensor | None = None  # per query head: slope * (key_pos - query_pos) added to scores
     embed_dim: int | None = None  # token-embedding (and LM-head) width when not hidden_size (OPT-350m)
     lm_head_bias: bool = False
+    qk_norm: str | None = None  # "shared" | "per_head": HeadNorm on q and k before rotary
+    qk_norm_bias: bool = False
+    clip_qkv: float | None = None  # q, k, v clamped to [-clip, clip] (MPT, OLMo)
     tie_word_embeddings: bool = False
+    moe: MoEArgs | None = None  # mixture-of-experts MLP on the layers it makes sparse (backbones/moe.py)
     extra: dict = field(default_factory=dict)
 
     def layer_window(self, layer_idx: int) -> int | None:
@@ -77,7 +83,9 @@ def make_norm(args: DecoderArgs, dim: int | None = None) -> nn.Module:
     return LayerNorm(dim, args.norm_eps, args.norm_bias, args.norm_offset, args.norm_affine)
 
 
-def make_mlp(args: DecoderArgs) -> nn.Module:
+def make_mlp(args: DecoderArgs, layer_idx: int | None = None) -> nn.Module:
+    if args.moe is not None and args.moe.is_sparse(layer_idx):
+        return SparseMoE(args.hidden_size, args.moe, args.act)
     mlp = GatedMLP if args.gated_mlp else PlainMLP
     return mlp(args.hidden_size, args.intermediate_size, args.act, args.mlp_bias)
 
@@ -94,6 +102,12 @@ class SelfAttention(nn.Module):
         scale = args.attn_scale if args.attn_scale is not None else 1 / math.sqrt(d)
         self.attn = PagedAttention(layer_idx, h, kvh, d, scale, args.layer_window(layer_idx),
                                    args.attn_softcap, args.alibi_slopes)
+        self.clip_qkv = args.clip_qkv
+        self.qk_norm = args.qk_norm
+        if args.qk_norm is not None:
+            per_head = args.qk_norm == "per_head"
+            self.q_norm = HeadNorm(h, d, args.norm_eps, args.norm, per_head, args.qk_norm_bias)
+            self.k_norm = HeadNorm(kvh, d, args.norm_eps, args.norm, per_head, args.qk_norm_bias)
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v before rotary; families that clip or normalise them override this."""
@@ -101,6 +115,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         q, k, v = self.project_qkv(x)
+        if self.clip_qkv is not None:
+            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
+        if self.qk_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             q, k = self.rope(positions, q, k)
         return self.o_proj(self.attn(q, k, v, ctx))
@@ -123,7 +141,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = make_norm(args)
         self.self_attn = self.attn_cls(args, layer_idx)
         self.post_attention_layernorm = make_norm(args)
-        self.mlp = make_mlp(args)
+        self.mlp = make_mlp(args, layer_idx)
         self.residual_scale = args.residual_scale
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
@@ -181,6 +199,9 @@ class WeightMap:
         (".up_proj.", ".gate_up_proj.", "up"),
     )
     ignore: tuple[str, ...] = (r"rotary_emb\.inv_freq", r"\.masked_bias$", r"\.attn\.bias$")
+    # Regex forms of `shards` whose groups name the shard, e.g. per-expert matrices:
+    # (pattern, fused parameter fragment, shard template).
+    indexed_shards: tuple[tuple[str, str, str], ...] = ()
     transforms: tuple[tuple[str, Callable[[DecoderArgs, torch.Tensor], torch.Tensor]], ...] = ()
 
     def transform(self, args: DecoderArgs, name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -206,6 +227,8 @@ def load_named_weights(module: nn.Module, weights: Iterable[tuple[str, torch.Ten
             if fragment in target and target.replace(fragment, fused) in params:
                 target, shard = target.replace(fragment, fused), shard_name
                 break
+        else:
+            target, shard = _indexed_shard(target, weight_map)
         if target not in params:
             raise ValueError(f"checkpoint tensor {name!r} has no matching parameter (as {target!r})")
         param = params[target]
@@ -219,7 +242,9 @@ def load_named_weights(module: nn.Module, weights: Iterable[tuple[str, torch.Ten
                 loader(param, tensor.to(param.dtype), shard)
         except ValueError as e:
             raise ValueError(f"checkpoint tensor {name!r}: {e}") from None
-        loaded.add((target, shard))
+        # A whole tensor fills every shard of a fused parameter.
+        shards = [shard] if shard is not None else getattr(_owner(module, target), "shards", None) or [None]
+        loaded.update((target, s) for s in shards)
     expected = {
         (name, shard)
         for name, param in params.items()
@@ -229,6 +254,14 @@ def load_named_weights(module: nn.Module, weights: Iterable[tuple[str, torch.Ten
     if missing:
         raise ValueError(f"checkpoint is missing weights for {missing[:8]}"
                          + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+
+
+def _indexed_shard(target: str, weight_map: WeightMap) -> tuple[str, str | None]:
+    for pattern, fused, template in weight_map.indexed_shards:
+        match = re.search(pattern, target)
+        if match:
+            return target[:match.start()] + fused + target[match.end():], match.expand(template)
+    return target, None
 
 
 def _owner(module: nn.Module, param_name: str) -> nn.Module:

@@ -90,6 +90,31 @@ class LayerNorm(nn.Module):
         return out if residual is None else (out, residual)
 
 
+class HeadNorm(nn.Module):
+    """Normalises each head of q or k (``[tokens, heads * head_dim]``) over its own
+    `head_dim` features, LayerNorm- or RMS-style; the weight is shared by all heads or,
+    with `per_head`, one per head (StableLM, Cohere)."""
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float, norm: str = "layer",
+                 per_head: bool = False, bias: bool = False) -> None:
+        super().__init__()
+        shape = (num_heads, head_dim) if per_head else (head_dim,)
+        self.weight = nn.Parameter(torch.ones(shape), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(shape), requires_grad=False) if bias else None
+        self.num_heads, self.head_dim, self.eps, self.norm = num_heads, head_dim, eps, norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        heads = x.float().reshape(-1, self.num_heads, self.head_dim)
+        if self.norm == "rms":
+            heads = heads * torch.rsqrt(heads.pow(2).mean(-1, keepdim=True) + self.eps)
+        else:
+            heads = F.layer_norm(heads, (self.head_dim,), eps=self.eps)
+        heads = heads * self.weight.float()
+        if self.bias is not None:
+            heads = heads + self.bias.float()
+        return heads.reshape(x.shape).to(x.dtype)
+
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "swish": F.silu,
