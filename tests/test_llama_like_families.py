@@ -2,7 +2,7 @@
 config chosen to exercise what sets the family apart."""
 
 from hf_reference import assert_matches_hf
-from transformers import CohereConfig, Gemma2Config, GemmaConfig
+from transformers import CohereConfig, Gemma2Config, GemmaConfig, GraniteConfig
 
 COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -36,3 +36,9 @@ def test_cohere_parallel_residual_qk_norm(tmp_path):
 
 def test_cohere_without_qk_norm(tmp_path):
     assert_matches_hf(CohereConfig(**COMMON, logit_scale=0.5), tmp_path, engine_variants=[{}])
+
+
+def test_granite_multipliers(tmp_path):
+    config = GraniteConfig(**COMMON, embedding_multiplier=12.0, attention_multiplier=0.1,
+                           residual_multiplier=0.22, logits_scaling=2.0, attention_bias=True)
+    assert_matches_hf(config, tmp_path)
