@@ -3,4 +3,4 @@
 Importing this package registers every family with `intarsia.engine.registry`.
 """
 
-from intarsia.backbones import cohere, gemma, llama, llava, mixtral, pooling, qwen2_vl  # noqa: F401
+from intarsia.backbones import cohere, gemma, granite, llama, llava, mixtral, pooling, qwen2_vl  # noqa: F401
