@@ -111,7 +111,9 @@ class LLM:
             enable_prefix_caching=enable_prefix_caching, seed=seed,
             limit_mm_per_prompt=limit_mm_per_prompt, **engine_kwargs)
         self.tokenizer = _load_tokenizer(self.config)
-        self.processor = TextProcessor(self.tokenizer)
+        entry = self.config.entry
+        self.processor = TextProcessor(self.tokenizer) if entry.processor is None else entry.processor(
+            self.tokenizer, self.config.model_path, self.config.hf_config, self.config.limit_mm_per_prompt)
         self.engine = LLMEngine(self.config, self.tokenizer)
         self._request_counter = 0
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from intarsia.backbones.context import ForwardContext
 from intarsia.engine.config import EngineConfig
+from intarsia.engine.encoder_runner import EncoderRunner
 from intarsia.engine.loader import iterate_weights
 from intarsia.engine.scheduler import ScheduledSeq
 from intarsia.kernels import AttentionMetadata
@@ -28,6 +29,7 @@ class StepBatch:
     prompt_logprob_rows: list[tuple[ScheduledSeq, int, int]]  # (item, first row, count)
     # Pooling requests' rows of this step, (item, first row, count); they are never sampled.
     pool_rows: list[tuple[ScheduledSeq, int, int]] = field(default_factory=list)
+    inlays: list | None = None  # multimodal: encoder output rows to inlay this step
 
 
 def build_model(config: EngineConfig) -> nn.Module:
@@ -52,6 +54,8 @@ class ModelRunner:
         self.config = config
         self.device = config.device
         self.model = model if model is not None else build_model(config)
+        self.encoders = (EncoderRunner(self.model, self.device, config.dtype)
+                         if config.entry.multimodal else None)
         args = self.model.args if hasattr(self.model, "args") else None
         self.num_layers = args.num_layers
         self.kv_shape = (args.num_kv_heads, args.head_dim)
@@ -123,14 +127,21 @@ class ModelRunner:
             seq_lens=dev(seq_lens, torch.int32), block_tables=dev(tables, torch.int32),
             max_query_len=max(item.num_new_tokens for item in scheduled),
             max_seq_len=max(seq_lens), query_start_loc_cpu=starts, seq_lens_cpu=seq_lens)
-        return StepBatch(dev(input_ids, torch.int64), dev(positions, torch.int64), attn,
-                         dev(sample_rows, torch.int64), sample_seqs, prompt_rows, pool_rows)
+        batch = StepBatch(dev(input_ids, torch.int64), dev(positions, torch.int64), attn,
+                          dev(sample_rows, torch.int64), sample_seqs, prompt_rows, pool_rows)
+        if self.encoders is not None:  # multimodal: encoder inlays and M-RoPE positions
+            batch.inlays = self.encoders.plan(scheduled, starts) or None
+            if self.encoders.uses_mrope:
+                batch.positions = self.encoders.positions(scheduled)
+        return batch
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch) -> torch.Tensor:
         """Hidden states of every row of the flattened batch."""
         ctx = ForwardContext(batch.attn, self.kv_caches)
         embeds = self.model.embed(batch.input_ids)
+        if batch.inlays:
+            embeds = self.encoders.inlay(embeds, batch.inlays)
         return self.model(batch.positions, embeds, ctx)
 
     @torch.inference_mode()

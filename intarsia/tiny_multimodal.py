@@ -1,0 +1,89 @@
+"""Tiny random-weight multimodal checkpoints built on the spot (tests, demo, examples).
+
+Each is a real transformers config of its architecture at toy size, the
+architecture's real HF processor (image processor with small sizes, a BPE
+tokenizer carrying the model's special tokens, a chat template), and random
+weights saved with safetensors. Their outputs are meaningless: they prove that
+intarsia computes what transformers computes. Real checkpoints to use instead:
+llava-hf/llava-1.5-7b-hf, Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2-VL-7B-Instruct.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModelForImageTextToText
+
+from intarsia.tiny_models import save_tiny_model, train_tokenizer
+
+TEXT = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            bos_token_id=0, eos_token_id=1, pad_token_id=2)
+
+
+def chat_template(placeholders: dict[str, str]) -> str:
+    """A chat template rendering content parts, with `placeholders[modality]` per item."""
+    parts = "".join(f"{{% elif part['type'] == '{m}' %}}{text}" for m, text in placeholders.items())
+    return (
+        "{% for message in messages %}<|{{ message['role'] }}|>"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+        + parts + "{% endif %}{% endfor %}{% endif %}<|end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def save_tiny_llava(path: str | Path, seed: int = 0, image_size: int = 28, patch_size: int = 7) -> Path:
+    """LLaVA-1.5 shape: CLIP tower (class token dropped, features of layer -2), MLP
+    projector, Llama decoder; `(image_size / patch_size)^2` tokens per image."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
+
+    tokenizer = train_tokenizer(special_tokens=["<image>"])
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=image_size,
+                                       patch_size=patch_size, projection_dim=32),
+        text_config=LlamaConfig(**TEXT), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2, vision_feature_select_strategy="default")
+    size = {"height": image_size, "width": image_size}
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=size),
+        tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=chat_template({"image": "<image>"}))
+    path = save_tiny_model(config, path, seed, tokenizer, model_cls=AutoModelForImageTextToText)
+    processor.save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny_qwen2_vl(path: str | Path, seed: int = 0, min_pixels: int = 28 * 28 * 2,
+                       max_pixels: int = 28 * 28 * 12) -> Path:
+    """Qwen2-VL shape: native-resolution ViT (patch 14, 2x2 merge) with images of 2 to
+    12 tokens by default, videos, and a Qwen2 decoder with M-RoPE."""
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = train_tokenizer(special_tokens=specials)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    text = {**TEXT, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                        "mrope_section": [2, 3, 3]}}
+    config = Qwen2VLConfig(
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=TEXT["hidden_size"], num_heads=4,
+                           mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        text_config=text, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=0, eos_token_id=1)
+    pixels = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    image_placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels),
+        video_processor=Qwen2VLVideoProcessor(size=pixels),
+        tokenizer=tokenizer,
+        chat_template=chat_template({"image": image_placeholder,
+                                     "video": "<|vision_start|><|video_pad|><|vision_end|>"}))
+    path = save_tiny_model(config, path, seed, tokenizer, model_cls=AutoModelForImageTextToText)
+    processor.save_pretrained(path)
+    return Path(path)
