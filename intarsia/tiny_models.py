@@ -57,16 +57,22 @@ def save_tiny_model(config: PretrainedConfig, path: str | Path, seed: int = 0,
     tokenizer, as a loadable checkpoint folder."""
     path = Path(path)
     torch.manual_seed(seed)
-    model = model_cls.from_config(config, dtype=torch.float32)
-    with torch.no_grad():  # default inits leave some weights at 0/1; randomise everything
-        for name, param in model.named_parameters():
-            if param.dim() == 1 and ("norm" in name or "ln" in name):
-                param.copy_(1 + 0.1 * torch.randn_like(param))
-            else:
-                param.normal_(0, 0.1 if param.dim() == 1 else config_std(param))
+    model = randomize_weights(model_cls.from_config(config, dtype=torch.float32))
     model.save_pretrained(path, safe_serialization=True)
     (tokenizer or train_tokenizer(getattr(config, "vocab_size", 512))).save_pretrained(path)
     return path
+
+
+@torch.no_grad()
+def randomize_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Redraw every weight (default inits leave some at 0/1): norms near 1, the rest at
+    a scale that keeps activations of order one."""
+    for name, param in model.named_parameters():
+        if param.dim() == 1 and ("norm" in name or "ln" in name):
+            param.copy_(1 + 0.1 * torch.randn_like(param))
+        else:
+            param.normal_(0, 0.1 if param.dim() == 1 else config_std(param))
+    return model
 
 
 def config_std(param: torch.Tensor) -> float:

@@ -275,6 +275,8 @@ class CausalLM(nn.Module):
     # Families override these with subclasses that change only what differs.
     model_cls: type[DecoderModel] = DecoderModel
     layer_cls: type[nn.Module] = DecoderLayer
+    # Pooling declarations (backbones/pooling.py) reuse a family's stack without the LM head.
+    has_lm_head = True
 
     @staticmethod
     def adapt(config, max_positions: int) -> DecoderArgs:
@@ -286,9 +288,10 @@ class CausalLM(nn.Module):
         self.config = config
         self.args = args = self.adapt(config, max_positions)
         self.model = self.model_cls(args, self.layer_cls)
-        self.lm_head = Linear(args.embed_dim or args.hidden_size, args.vocab_size, args.lm_head_bias)
-        if args.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        if self.has_lm_head:
+            self.lm_head = Linear(args.embed_dim or args.hidden_size, args.vocab_size, args.lm_head_bias)
+            if args.tie_word_embeddings:
+                self.lm_head.weight = self.model.embed_tokens.weight
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed(input_ids)
