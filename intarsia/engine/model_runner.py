@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from intarsia.backbones.context import ForwardContext
 from intarsia.engine.config import EngineConfig
+from intarsia.engine.cuda_graphs import DecodeGraphs
 from intarsia.engine.encoder_runner import EncoderRunner
 from intarsia.engine.loader import iterate_weights
 from intarsia.engine.scheduler import ScheduledSeq
@@ -67,6 +69,11 @@ class ModelRunner:
         shape = (self.num_layers, 2, self.num_blocks, config.block_size, *self.kv_shape)
         self.kv_cache = torch.zeros(shape, dtype=config.dtype, device=self.device)
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(self.num_layers)]
+        self.graphs = None
+        if self.device.type == "cuda" and not config.enforce_eager and os.environ.get(
+                "INTARSIA_KERNELS") != "torch":  # the torch reference reads host lists: no graphs
+            self.graphs = DecodeGraphs(self._run_model, self.kv_caches, config.max_num_seqs,
+                                       config.max_model_len, config.block_size, self.device)
 
     def _bytes_per_block(self) -> int:
         elem = torch.tensor([], dtype=self.config.dtype).element_size()
@@ -76,21 +83,46 @@ class ModelRunner:
         c = self.config
         wanted = c.max_num_seqs * -(-c.max_model_len // c.block_size)
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            free, _ = torch.cuda.mem_get_info(self.device)
             total = torch.cuda.get_device_properties(self.device).total_memory
-            # Leave (1 - utilization) of the card plus room for activations of one step.
-            reserve = total * (1 - c.gpu_memory_utilization) + self._activation_bytes()
-            return min(wanted, max(int((free - reserve) // self._bytes_per_block()), 0))
+            budget = total * c.gpu_memory_utilization - self._profile_peak_bytes()
+            return min(wanted, max(int(budget // self._bytes_per_block()), 0))
         return min(wanted, max(_CPU_KV_CACHE_BYTES // self._bytes_per_block(), 1))
 
-    def _activation_bytes(self) -> int:
-        args = self.model.args
-        tokens = self.config.max_num_batched_tokens
-        elem = torch.tensor([], dtype=self.config.dtype).element_size()
-        widest = max(args.intermediate_size * 2, (args.num_heads + 2 * args.num_kv_heads) * args.head_dim)
-        logits = self.config.max_num_seqs * args.vocab_size * 8
-        return tokens * (widest + 4 * args.hidden_size) * elem * 2 + logits
+    @torch.inference_mode()
+    def _profile_peak_bytes(self) -> int:
+        """Peak memory of the weights plus the largest step (a full token budget of
+        prefill, logits for every sequence), measured by running it once over a
+        throw-away KV cache just big enough for it."""
+        c = self.config
+        tokens = c.max_num_batched_tokens
+        chunk = min(tokens, c.max_model_len)
+        lens = [chunk] * (tokens // chunk) + ([tokens % chunk] if tokens % chunk else [])
+        blocks_per_seq = -(-chunk // c.block_size)
+        shape = (self.num_layers, 2, blocks_per_seq * len(lens), c.block_size, *self.kv_shape)
+        scratch = torch.zeros(shape, dtype=c.dtype, device=self.device)
+        tables = torch.arange(shape[2], dtype=torch.int32, device=self.device).view(len(lens), -1)
+        starts = [0]
+        for n in lens:
+            starts.append(starts[-1] + n)
+        # Sequence i owns the consecutive blocks of row i of `tables`.
+        slots = torch.cat([torch.arange(n, device=self.device) + i * blocks_per_seq * c.block_size
+                           for i, n in enumerate(lens)])
+        meta = AttentionMetadata(
+            slot_mapping=slots, query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor(lens, dtype=torch.int32, device=self.device), block_tables=tables,
+            max_query_len=max(lens), max_seq_len=max(lens), query_start_loc_cpu=starts, seq_lens_cpu=lens)
+        ctx = ForwardContext(meta, [(scratch[i, 0], scratch[i, 1]) for i in range(self.num_layers)])
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        ids = torch.zeros(tokens, dtype=torch.int64, device=self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in lens])
+        hidden = self._run_model(ids, positions, ctx)
+        self.model.compute_logits(hidden[:min(c.max_num_seqs, tokens)])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - scratch.numel() * scratch.element_size()
+        del scratch, ctx, hidden
+        torch.cuda.empty_cache()
+        return peak
 
     def prepare(self, scheduled: list[ScheduledSeq]) -> StepBatch:
         bs = self.config.block_size
@@ -135,9 +167,15 @@ class ModelRunner:
                 batch.positions = self.encoders.positions(scheduled)
         return batch
 
+    def _run_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                   ctx: ForwardContext) -> torch.Tensor:
+        return self.model(positions, self.model.embed(input_ids), ctx)
+
     @torch.inference_mode()
     def forward(self, batch: StepBatch) -> torch.Tensor:
         """Hidden states of every row of the flattened batch."""
+        if not batch.inlays and self.graphs is not None and self.graphs.can_run(batch.attn, batch.positions):
+            return self.graphs.run(batch.input_ids, batch.positions, batch.attn)
         ctx = ForwardContext(batch.attn, self.kv_caches)
         embeds = self.model.embed(batch.input_ids)
         if batch.inlays:

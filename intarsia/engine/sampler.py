@@ -55,24 +55,23 @@ def mask_min_tokens(logits: torch.Tensor, seqs: list[Sequence], eos_ids: set[int
                 logits[row, banned] = float("-inf")
 
 
-def truncate(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-             min_p: torch.Tensor) -> torch.Tensor:
+def truncate(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None,
+             min_p: torch.Tensor | None) -> torch.Tensor:
     """Mask tokens outside min_p, top_k (-1 = off) and top_p per row; keeps at least
-    the most likely token."""
-    if bool((min_p > 0).any()):
+    the most likely token. A None argument is off for every row (and costs nothing)."""
+    if min_p is not None:
         probs = torch.softmax(logits, dim=-1)
         threshold = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
         logits = logits.masked_fill(probs < threshold, float("-inf"))
-    use_k, use_p = bool((top_k > 0).any()), bool((top_p < 1).any())
-    if not (use_k or use_p):
+    if top_k is None and top_p is None:
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     rank = torch.arange(logits.shape[-1], device=logits.device)[None, :]
     drop = torch.zeros_like(sorted_logits, dtype=torch.bool)
-    if use_k:
+    if top_k is not None:
         k = torch.where(top_k > 0, top_k, logits.shape[-1])
         drop |= rank >= k[:, None]
-    if use_p:
+    if top_p is not None:
         probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs
         drop |= mass_before >= top_p[:, None]
@@ -118,10 +117,13 @@ class Sampler:
         device = logits.device
         temperature = torch.tensor([s.params.temperature for s in seqs], device=device)
         logits = logits / temperature[:, None]
-        top_k = torch.tensor([s.params.top_k for s in seqs], device=device)
-        top_p = torch.tensor([s.params.top_p for s in seqs], device=device)
-        min_p = torch.tensor([s.params.min_p for s in seqs], device=device)
-        probs = torch.softmax(truncate(logits, top_k, top_p, min_p), dim=-1)
+        # Decided on the host, so that no device value is read back mid-step.
+        def per_row(name: str, off: float) -> torch.Tensor | None:
+            values = [getattr(s.params, name) for s in seqs]
+            return None if all(v == off for v in values) else torch.tensor(values, device=device)
+
+        truncated = truncate(logits, per_row("top_k", -1), per_row("top_p", 1.0), per_row("min_p", 0.0))
+        probs = torch.softmax(truncated, dim=-1)
         # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, and lets each
         # seeded sequence use its own generator.
         noise = torch.empty_like(probs).exponential_(generator=self.generator)
