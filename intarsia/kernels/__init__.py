@@ -13,7 +13,7 @@ from types import ModuleType
 
 import torch
 
-from intarsia.kernels import reference
+from intarsia.kernels import moe_reference, reference
 from intarsia.kernels.metadata import AttentionMetadata
 
 
@@ -24,6 +24,15 @@ def _triton_modules() -> tuple[ModuleType, ModuleType] | None:
     except ImportError:
         return None
     return triton_attention, triton_ops
+
+
+@functools.cache
+def _triton_moe() -> ModuleType | None:
+    try:
+        from intarsia.kernels import triton_moe
+    except ImportError:
+        return None
+    return triton_moe
 
 
 def _triton_for(x: torch.Tensor) -> tuple[ModuleType, ModuleType] | None:
@@ -97,6 +106,21 @@ def gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     return (mods[1] if mods else reference).gelu_and_mul(x, approximate)
 
 
+def fused_experts(
+    x: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: str = "silu",
+) -> torch.Tensor:
+    impl = (_triton_moe() if _triton_for(x) else None) or moe_reference
+    return impl.fused_experts(x, w_gate_up, w_down, topk_weights, topk_ids, activation)
+
+
+fused_experts.__doc__ = moe_reference.fused_experts.__doc__
+
+
 # The dispatchers document themselves through the implementation they stand for.
 for _fn in (write_kv_cache, paged_attention, rms_norm, fused_add_rms_norm, rotary_embedding,
             silu_and_mul, gelu_and_mul):
@@ -106,6 +130,7 @@ del _fn
 __all__ = [
     "AttentionMetadata",
     "fused_add_rms_norm",
+    "fused_experts",
     "gelu_and_mul",
     "paged_attention",
     "rms_norm",

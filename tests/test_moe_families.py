@@ -1,0 +1,34 @@
+"""Mixture-of-experts and latent-attention families against transformers (float32,
+tiny random models, 4-8 experts, top-2)."""
+
+from hf_reference import assert_matches_hf
+from transformers import GraniteMoeConfig, MixtralConfig, OlmoeConfig, Qwen2MoeConfig
+
+COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+              bos_token_id=0, eos_token_id=1, pad_token_id=2)
+
+
+def test_mixtral(tmp_path):
+    assert_matches_hf(MixtralConfig(**COMMON, num_local_experts=8, num_experts_per_tok=2), tmp_path)
+
+
+def test_qwen2_moe_shared_expert_and_dense_layer(tmp_path):
+    # Layer 1 is sparse (decoder_sparse_step=1) but listed dense; unnormalised top-k.
+    config = Qwen2MoeConfig(**{**COMMON, "num_hidden_layers": 3}, num_experts=6, num_experts_per_tok=2,
+                            moe_intermediate_size=32, shared_expert_intermediate_size=40,
+                            mlp_only_layers=[1], norm_topk_prob=False)
+    assert_matches_hf(config, tmp_path)
+
+
+def test_olmoe_qk_norm_and_clip(tmp_path):
+    config = OlmoeConfig(**COMMON, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
+                         clip_qkv=2.0)
+    assert_matches_hf(config, tmp_path, engine_variants=[{}])
+
+
+def test_granitemoe_multipliers(tmp_path):
+    config = GraniteMoeConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2,
+                              embedding_multiplier=6.0, attention_multiplier=0.1,
+                              residual_multiplier=0.5, logits_scaling=4.0, tie_word_embeddings=True)
+    assert_matches_hf(config, tmp_path, engine_variants=[{}])
