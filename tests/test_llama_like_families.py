@@ -2,7 +2,17 @@
 config chosen to exercise what sets the family apart."""
 
 from hf_reference import assert_matches_hf
-from transformers import CohereConfig, Gemma2Config, GemmaConfig, GraniteConfig
+from safetensors import safe_open
+from transformers import (
+    CohereConfig,
+    Gemma2Config,
+    GemmaConfig,
+    GraniteConfig,
+    NemotronConfig,
+    OlmoConfig,
+    Phi3Config,
+    Starcoder2Config,
+)
 
 COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -41,4 +51,34 @@ def test_cohere_without_qk_norm(tmp_path):
 def test_granite_multipliers(tmp_path):
     config = GraniteConfig(**COMMON, embedding_multiplier=12.0, attention_multiplier=0.1,
                            residual_multiplier=0.22, logits_scaling=2.0, attention_bias=True)
+    assert_matches_hf(config, tmp_path)
+
+
+def test_nemotron_layernorm1p_relu2_partial_rotary(tmp_path):
+    config = NemotronConfig(**COMMON, hidden_act="relu2", attention_bias=True, mlp_bias=True)
+    assert config.rope_parameters["partial_rotary_factor"] == 0.5
+    assert_matches_hf(config, tmp_path)
+
+
+def test_olmo_nonparametric_norm_clip_qkv(tmp_path):
+    # q/k/v are of order one here, so a clip at 0.5 changes many of them.
+    assert_matches_hf(OlmoConfig(**COMMON, clip_qkv=0.5), tmp_path)
+
+
+def test_phi3_fused_checkpoint_longrope_partial_rotary_sliding_window(tmp_path):
+    # Rotary on half of each 16-wide head: 4 frequencies, each with its own short and
+    # long factor. All sequences stay under original_max_position_embeddings, where
+    # transformers uses the short factors (and the attention factor of the 4x extension).
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+            "short_factor": [1.0, 1.3, 2.1, 3.4], "long_factor": [1.5, 2.5, 4.0, 8.0]}
+    config = Phi3Config(**COMMON, rope_parameters=rope, original_max_position_embeddings=128,
+                        sliding_window=20)
+    path = assert_matches_hf(config, tmp_path).engine.config.model_path
+    with safe_open(path / "model.safetensors", "pt") as f:
+        assert "model.layers.0.self_attn.qkv_proj.weight" in f.keys()  # noqa: SIM118 (not a dict)
+
+
+def test_starcoder2_biases_plain_gelu_sliding_window(tmp_path):
+    config = Starcoder2Config(**COMMON, sliding_window=20, use_bias=True, hidden_act="gelu_pytorch_tanh")
+    assert config.tie_word_embeddings
     assert_matches_hf(config, tmp_path)

@@ -3,4 +3,17 @@
 Importing this package registers every family with `intarsia.engine.registry`.
 """
 
-from intarsia.backbones import cohere, gemma, granite, llama, llava, mixtral, pooling, qwen2_vl  # noqa: F401
+from intarsia.backbones import (  # noqa: F401
+    cohere,
+    gemma,
+    granite,
+    llama,
+    llava,
+    mixtral,
+    nemotron,
+    olmo,
+    phi3,
+    pooling,
+    qwen2_vl,
+    starcoder2,
+)

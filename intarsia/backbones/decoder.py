@@ -345,7 +345,7 @@ def llama_like_args(config, max_positions: int, **overrides) -> DecoderArgs:
         num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
         head_dim=head_dim,
         intermediate_size=config.intermediate_size,
-        norm_eps=norm_eps_of(config),
+        norm_eps=overrides["norm_eps"] if "norm_eps" in overrides else norm_eps_of(config),
         act=getattr(config, "hidden_act", None) or config.hidden_activation,  # Gemma 2 spells it so
         qkv_bias=getattr(config, "attention_bias", False),
         o_bias=getattr(config, "attention_bias", False),
