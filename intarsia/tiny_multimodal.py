@@ -54,10 +54,10 @@ def save_tiny_llava(path: str | Path, seed: int = 0, image_size: int = 28, patch
     return Path(path)
 
 
-def save_tiny_qwen2_vl(path: str | Path, seed: int = 0, min_pixels: int = 28 * 28 * 2,
-                       max_pixels: int = 28 * 28 * 12) -> Path:
-    """Qwen2-VL shape: native-resolution ViT (patch 14, 2x2 merge) with images of 2 to
-    12 tokens by default, videos, and a Qwen2 decoder with M-RoPE."""
+def qwen2_vl_parts(min_pixels: int = 28 * 28 * 2, max_pixels: int = 28 * 28 * 12,
+                   text: dict | None = None, vision: dict | None = None):
+    """(config, HF processor) of a Qwen2-VL model: toy sizes by default; `text` and
+    `vision` override config fields (e.g. Qwen2-VL-7B's shape for benchmarks)."""
     from transformers import (
         Qwen2VLConfig,
         Qwen2VLImageProcessor,
@@ -69,21 +69,30 @@ def save_tiny_qwen2_vl(path: str | Path, seed: int = 0, min_pixels: int = 28 * 2
     tokenizer = train_tokenizer(special_tokens=specials)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
     text = {**TEXT, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                                        "mrope_section": [2, 3, 3]}}
+                                        "mrope_section": [2, 3, 3]}, **(text or {})}
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": text["hidden_size"], "num_heads": 4,
+              "mlp_ratio": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+              **(vision or {})}
     config = Qwen2VLConfig(
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=TEXT["hidden_size"], num_heads=4,
-                           mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        text_config=text, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=0, eos_token_id=1)
+        vision_config=vision, text_config=text, image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], bos_token_id=0, eos_token_id=1)
+    config.architectures = ["Qwen2VLForConditionalGeneration"]
     pixels = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    image_placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=pixels),
         video_processor=Qwen2VLVideoProcessor(size=pixels),
         tokenizer=tokenizer,
-        chat_template=chat_template({"image": image_placeholder,
+        chat_template=chat_template({"image": "<|vision_start|><|image_pad|><|vision_end|>",
                                      "video": "<|vision_start|><|video_pad|><|vision_end|>"}))
-    path = save_tiny_model(config, path, seed, tokenizer, model_cls=AutoModelForImageTextToText)
+    return config, processor
+
+
+def save_tiny_qwen2_vl(path: str | Path, seed: int = 0, min_pixels: int = 28 * 28 * 2,
+                       max_pixels: int = 28 * 28 * 12) -> Path:
+    """Qwen2-VL shape: native-resolution ViT (patch 14, 2x2 merge) with images of 2 to
+    12 tokens by default, videos, and a Qwen2 decoder with M-RoPE."""
+    config, processor = qwen2_vl_parts(min_pixels, max_pixels)
+    path = save_tiny_model(config, path, seed, processor.tokenizer, model_cls=AutoModelForImageTextToText)
     processor.save_pretrained(path)
     return Path(path)

@@ -1,0 +1,173 @@
+"""Multimodal serving: Qwen2-VL-7B-shaped random weights, N requests each with its
+own 448x448 image and a fixed number of output tokens, all arriving at once.
+
+Reports requests/s and mean time-to-first-token for intarsia (continuous batching,
+encoder once per image) and transformers (static left-padded batches through
+`generate`), on the same weights, images and device in one run. Media processing
+(HF image processor) is inside the timed region for both.
+
+    PYTHONPATH=. python3 benchmarks/multimodal.py             # GPU, 7B shape
+    PYTHONPATH=. python3 benchmarks/multimodal.py --tiny      # CPU end-to-end check
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText
+from transformers.generation.streamers import BaseStreamer
+
+from benchmarks.common import sync
+from intarsia import LLM, SamplingParams
+from intarsia.tiny_multimodal import qwen2_vl_parts
+
+QWEN2_VL_7B_TEXT = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                        num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-6,
+                        max_position_embeddings=32768,
+                        rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                         "mrope_section": [16, 24, 24]})
+QWEN2_VL_7B_VISION = dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4)
+PROMPT = "<|user|><|vision_start|><|image_pad|><|vision_end|>Describe this image.<|end|><|assistant|>"
+
+
+@dataclass
+class Timing:
+    name: str
+    seconds: float
+    ttft: list[float]  # per request, from the common arrival time
+    requests: int
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds
+
+
+def build(tiny: bool, device: torch.device, dtype: torch.dtype):
+    """A random transformers Qwen2-VL and an intarsia LLM holding the same weights."""
+    if tiny:
+        config, processor = qwen2_vl_parts(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    else:  # the processor's real defaults: a 448x448 image -> 32x32 patches -> 256 tokens
+        config, processor = qwen2_vl_parts(56 * 56, 28 * 28 * 1280, QWEN2_VL_7B_TEXT, QWEN2_VL_7B_VISION)
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf = AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            if param.dim() > 1:
+                param.normal_(0, 1 / math.sqrt(param[0].numel()))
+    folder = Path(tempfile.mkdtemp(prefix="intarsia-mm-bench-"))
+    config.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    llm = LLM(str(folder), dtype=dtype, device=str(device), load_format="dummy", max_model_len=1024)
+    llm.engine.runner.model.load_weights(hf.state_dict().items())
+    processor.tokenizer.padding_side = "left"
+    return hf, processor, llm
+
+
+def images(n: int, size: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def run_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> Timing:
+    """All requests submitted at t0; TTFT is when each request's first token exists."""
+    engine = llm.engine
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    sync(llm.config.device)
+    start = time.perf_counter()
+    requests = [llm._make_request({"prompt": PROMPT, "multi_modal_data": {"image": picture}}, params, {})
+                for picture in pictures]
+    for request in requests:
+        engine.add_request(request)
+    pending = {r.request_id: r for r in requests}
+    ttft: dict[str, float] = {}
+    while engine.has_unfinished():
+        engine.step()
+        now = time.perf_counter() - start
+        for rid in [rid for rid, r in pending.items() if r.seqs[0].num_output_tokens > 0]:
+            ttft[rid] = now
+            del pending[rid]
+    sync(llm.config.device)
+    elapsed = time.perf_counter() - start
+    assert all(len(r.seqs[0].output_token_ids) == output_len for r in requests)
+    return Timing("intarsia", elapsed, [ttft[r.request_id] for r in requests], len(pictures))
+
+
+class FirstTokenClock(BaseStreamer):
+    """Records when `generate` emits its first new token (the prompt is put first)."""
+
+    def __init__(self) -> None:
+        self.calls, self.first = 0, None
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def run_hf(hf, processor, pictures: list[Image.Image], output_len: int, batch_size: int) -> Timing:
+    device = next(hf.parameters()).device
+    sync(device)
+    start = time.perf_counter()
+    ttft = []
+    for i in range(0, len(pictures), batch_size):
+        batch = pictures[i:i + batch_size]
+        inputs = processor(text=[PROMPT] * len(batch), images=batch, padding=True,
+                           return_tensors="pt").to(device)
+        clock = FirstTokenClock()
+        with torch.no_grad():
+            hf.generate(**inputs, max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False,
+                        pad_token_id=2, streamer=clock)
+        ttft += [clock.first - start] * len(batch)
+    sync(device)
+    return Timing("transformers generate", time.perf_counter() - start, ttft, len(pictures))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="toy model on the CPU (end-to-end check)")
+    parser.add_argument("--requests", type=int, default=None, help="default 256 (16 with --tiny)")
+    parser.add_argument("--output-len", type=int, default=None, help="default 64 (8 with --tiny)")
+    parser.add_argument("--image-size", type=int, default=448)
+    parser.add_argument("--hf-batch-size", type=int, default=32)
+    args = parser.parse_args()
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    n = args.requests or (16 if args.tiny else 256)
+    output_len = args.output_len or (8 if args.tiny else 64)
+    hf, processor, llm = build(args.tiny, device, dtype)
+    warm = images(2, args.image_size, seed=1)
+    run_intarsia(llm, warm, 2)
+    run_hf(hf, processor, warm, 2, args.hf_batch_size)
+    pictures = images(n, args.image_size)
+    tokens = len(processor(text=[PROMPT], images=pictures[:1])["input_ids"][0])
+    results = [run_intarsia(llm, pictures, output_len),
+               run_hf(hf, processor, pictures, output_len, args.hf_batch_size)]
+    base = results[-1]
+    name = "tiny Qwen2-VL (CPU)" if args.tiny else "Qwen2-VL-7B shape, random weights"
+    print(f"\n{name}: {n} requests x one {args.image_size}x{args.image_size} image "
+          f"({tokens} prompt tokens), {output_len} output tokens, {dtype}, "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
+          f"transformers batch {args.hf_batch_size}")
+    print(f"{'engine':<24}{'seconds':>10}{'req/s':>10}{'mean TTFT s':>14}{'speed-up':>10}")
+    for r in results:
+        print(f"{r.name:<24}{r.seconds:>10.2f}{r.requests_per_s:>10.2f}{sum(r.ttft) / len(r.ttft):>14.3f}"
+              f"{r.requests_per_s / base.requests_per_s:>9.2f}x")
+    print(f"intarsia encoder runs: {llm.engine.runner.encoders.num_items_encoded} "
+          f"(images: {n + len(warm)})")
+
+
+if __name__ == "__main__":
+    main()
