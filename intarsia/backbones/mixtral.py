@@ -63,26 +63,22 @@ class Qwen2MoeForCausalLM(CausalLM):
                                o_bias=False, sliding_window=config.sliding_window or None, moe=moe)
 
 
-class QKNormAttention(SelfAttention):
-    """q and k RMS-normalised across all heads (one norm over the whole projection),
-    then q, k, v clipped to ``[-clip_qkv, clip_qkv]`` when `args.extra["clip_qkv"]` is set."""
+class FullWidthQKNormAttention(SelfAttention):
+    """q and k RMS-normalised over the whole projection (all heads at once, one weight
+    per feature), before `clip_qkv` and rotary."""
 
     def __init__(self, args: DecoderArgs, layer_idx: int) -> None:
         super().__init__(args, layer_idx)
         self.q_norm = RMSNorm(self.q_size, args.norm_eps)
         self.k_norm = RMSNorm(self.kv_size, args.norm_eps)
-        self.clip = args.extra.get("clip_qkv")
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = super().project_qkv(x)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if self.clip is not None:
-            q, k, v = (t.clamp(-self.clip, self.clip) for t in (q, k, v))
-        return q, k, v
+        return self.q_norm(q), self.k_norm(k), v
 
 
-class QKNormDecoderLayer(DecoderLayer):
-    attn_cls = QKNormAttention
+class FullWidthQKNormDecoderLayer(DecoderLayer):
+    attn_cls = FullWidthQKNormAttention
 
 
 @register("OlmoeForCausalLM", "OLMoEForCausalLM")
@@ -90,14 +86,14 @@ class OlmoeForCausalLM(CausalLM):
     """OLMo's MoE: q/k norm over the whole projection, optional q/k/v clipping."""
 
     weight_map = WeightMap(renames=STACKED_EXPERT_RENAMES, indexed_shards=PER_EXPERT_SHARDS)
-    layer_cls = QKNormDecoderLayer
+    layer_cls = FullWidthQKNormDecoderLayer
 
     @staticmethod
     def adapt(config, max_positions: int) -> DecoderArgs:
         moe = MoEArgs(num_experts=config.num_experts, top_k=config.num_experts_per_tok,
                       intermediate_size=config.intermediate_size,
                       topk_norm=1.0 if config.norm_topk_prob else None)
-        return llama_like_args(config, max_positions, moe=moe, extra={"clip_qkv": config.clip_qkv})
+        return llama_like_args(config, max_positions, moe=moe, clip_qkv=config.clip_qkv)
 
 
 @register("GraniteMoeForCausalLM")
