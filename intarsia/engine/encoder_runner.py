@@ -59,7 +59,9 @@ class EncoderRunner:
         return inlays
 
     def positions(self, scheduled: list[ScheduledSeq]) -> torch.Tensor:
-        """M-RoPE positions [3, tokens] of the step's rows."""
+        """M-RoPE positions [3, tokens] of the step's rows; [tokens] when the three rows
+        agree (text only, e.g. every decode step), where M-RoPE is plain rotary and the
+        step stays eligible for CUDA graphs."""
         parts = []
         for item in scheduled:
             begin = item.seq.num_computed_tokens
@@ -69,7 +71,10 @@ class EncoderRunner:
                 parts.append(mm.positions(begin, end))
             else:
                 parts.append(torch.arange(begin, end).expand(3, -1))
-        return torch.cat(parts, dim=1).to(self.device, non_blocking=True)
+        rows = torch.cat(parts, dim=1)
+        if torch.equal(rows[0], rows[1]) and torch.equal(rows[0], rows[2]):
+            rows = rows[0]
+        return rows.to(self.device, non_blocking=True)
 
     def inlay(self, embeds: torch.Tensor, inlays: list[Inlay]) -> torch.Tensor:
         """Scatter encoder outputs into `embeds` (encoding the items not cached yet)."""
