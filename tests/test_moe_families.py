@@ -2,7 +2,7 @@
 tiny random models, 4-8 experts, top-2)."""
 
 from hf_reference import assert_matches_hf
-from transformers import GraniteMoeConfig, MixtralConfig, OlmoeConfig, Qwen2MoeConfig
+from transformers import GraniteMoeConfig, MixtralConfig, OlmoeConfig, PhimoeConfig, Qwen2MoeConfig
 
 COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -31,4 +31,15 @@ def test_granitemoe_multipliers(tmp_path):
     config = GraniteMoeConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2,
                               embedding_multiplier=6.0, attention_multiplier=0.1,
                               residual_multiplier=0.5, logits_scaling=4.0, tie_word_embeddings=True)
+    assert_matches_hf(config, tmp_path, engine_variants=[{}])
+
+
+def test_phimoe_sparsemixer_layernorm_longrope(tmp_path):
+    # Sequences stay within original_max_position_embeddings: short factors and short_mscale.
+    half = COMMON["hidden_size"] // COMMON["num_attention_heads"] // 2
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 128,
+            "short_factor": [1.0 + i / 8 for i in range(half)], "long_factor": [2.0 + i for i in range(half)],
+            "short_mscale": 1.2, "long_mscale": 1.4}
+    config = PhimoeConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2, attention_bias=True,
+                          lm_head_bias=True, rope_parameters=rope, router_jitter_noise=0.3)
     assert_matches_hf(config, tmp_path, engine_variants=[{}])

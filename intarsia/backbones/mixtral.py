@@ -117,3 +117,21 @@ class GraniteMoeForCausalLM(CausalLM):
                                attn_scale=config.attention_multiplier,
                                residual_scale=config.residual_multiplier,
                                logit_scale=1.0 / config.logits_scaling)
+
+
+@register("PhimoeForCausalLM", "PhiMoEForCausalLM")
+class PhimoeForCausalLM(CausalLM):
+    """Mixtral with sparsemixer routing, LayerNorm, biased attention and LM head, and
+    longrope with PhiMoE's own short/long cos-sin scales (see `RotaryEmbedding`)."""
+
+    weight_map = WeightMap(renames=(_BLOCK_SPARSE_MOE, (r"\.mlp\.router\.weight$", ".mlp.gate.weight"),
+                                    *STACKED_EXPERT_RENAMES),
+                           indexed_shards=PER_EXPERT_SHARDS)
+
+    @staticmethod
+    def adapt(config, max_positions: int) -> DecoderArgs:
+        moe = MoEArgs(num_experts=config.num_local_experts, top_k=config.num_experts_per_tok,
+                      intermediate_size=config.intermediate_size, routing="sparsemixer",
+                      jitter_eps=config.router_jitter_noise)
+        return llama_like_args(config, max_positions, norm="layer", moe=moe,
+                               lm_head_bias=config.lm_head_bias)

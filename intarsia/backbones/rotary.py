@@ -58,6 +58,9 @@ class RotaryEmbedding(nn.Module):
             elif rope_type == "longrope" and max_positions > original:
                 long_inv_freq, _ = init(config, "cpu", seq_len=original + 1)
                 inv_freq[original:] = long_inv_freq.float()
+            if "short_mscale" in params:  # PhiMoE: its own cos/sin scales within and beyond `original`
+                scaling = torch.where(positions < original, params["short_mscale"],
+                                      params["long_mscale"])[:, None]
         else:
             raise ValueError(f"unsupported rope type {rope_type!r}; known: default, "
                              f"{', '.join(ROPE_INIT_FUNCTIONS)}")
