@@ -91,11 +91,15 @@ def alibi(num_heads: int) -> torch.Tensor:
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
-    tol = {torch.float64: 1e-6, torch.float32: 2e-4, torch.float16: 2e-2,
-           torch.bfloat16: 8e-2}[expected.dtype]
-    err = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
+    """Max abs error within a dtype-dependent tolerance, relative to magnitudes above 1."""
+    tol = {torch.float64: 1e-6, torch.float32: 2e-4, torch.float16: 1e-2,
+           torch.bfloat16: 3e-2}[expected.dtype]
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    assert err <= tol, f"{what}: max abs error {err:.3g} > {tol}"
+    if not expected.numel():
+        return
+    err = (actual.double() - expected.double()).abs().max().item()
+    scale = max(1.0, expected.double().abs().max().item())
+    assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol} x {scale:.3g}"
 
 
 # ----------------------------------------------------------------------------- oracle
@@ -317,32 +321,44 @@ def group_ops() -> None:
                          f"gelu_and_mul {approximate} {dtype}")
 
 
-def group_dispatch() -> None:
-    import intarsia.kernels as kernels
-
-    assert "triton" not in sys.modules, "importing intarsia.kernels must not import triton"
-    x, w = torch.randn(3, 8), torch.randn(8)
-    assert torch.equal(kernels.rms_norm(x, w, 1e-6), ref.rms_norm(x, w, 1e-6))  # CPU: reference
-    assert "triton" not in sys.modules
-
-
 GROUPS: dict[str, Callable[[], None]] = {
     "write_kv": group_write_kv,
     "decode": group_decode,
     "prefill": group_prefill,
     "ops": group_ops,
-    "dispatch": group_dispatch,
 }
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 @pytest.mark.parametrize("group", list(GROUPS))
 def test_triton_interpreted(group):
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = subprocess_env(TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, __file__, group], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, f"group {group} failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
+
+
+def test_dispatch_without_triton():
+    """`import intarsia` works with no triton, and the kernels fall back to the reference."""
+    script = """if True:
+        import sys
+        sys.modules["triton"] = None  # `import triton` now raises ImportError
+        import torch
+        import intarsia
+        import intarsia.kernels as kernels
+        from intarsia.kernels import reference
+        assert kernels._triton_modules() is None
+        x, w = torch.randn(3, 8), torch.randn(8)
+        assert torch.equal(kernels.rms_norm(x, w, 1e-6), reference.rms_norm(x, w, 1e-6))
+    """
+    proc = subprocess.run([sys.executable, "-c", script], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
 
 
 if __name__ == "__main__":

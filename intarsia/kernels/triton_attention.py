@@ -28,11 +28,14 @@ _LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 # Keeps the running max finite so fully masked rows give p = 0, never NaN.
 _NEG_BIG: tl.constexpr = tl.constexpr(-1.0e30)
 
-# Decode tuning (see benchmarks/gpu_kernels.py).
+# Decode tuning (benchmarks/gpu_kernels.py --tune, H100): about 4 programs per SM
+# is best; fewer splits with more keys each beat extra splits once that is reached
+# (batch 64 x 8 KV heads wants a single split), and short contexts at small batch
+# want partitions as small as one tile.
 _DECODE_BLOCK_N = 64  # keys per loop iteration
-_DECODE_MIN_PART = 256  # fewest keys worth a partition of their own
+_DECODE_MIN_PART = 64  # fewest keys worth a partition of their own
 _DECODE_MAX_SPLITS = 64
-_DECODE_WAVES = 4  # aim for this many programs per SM
+_DECODE_PROGRAMS_PER_SM = 4
 
 
 def _pow2(n: int, at_least: int = 1) -> int:
@@ -242,12 +245,14 @@ def _decode_reduce_kernel(
 
 def num_kv_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device,
                   min_part: int = _DECODE_MIN_PART) -> int:
-    """Upper bound on KV partitions per sequence: enough programs to fill the GPU,
-    never more than `max_seq_len` can use. Depends only on host values that stay
-    fixed for a captured CUDA graph (the engine passes max_model_len there)."""
-    wanted = triton.cdiv(_DECODE_WAVES * _sm_count(device), max(num_seqs * num_kv_heads, 1))
+    """Upper bound on KV partitions per sequence (a power of two): enough programs to
+    fill the GPU, never more than `max_seq_len` can use. Depends only on host values
+    that stay fixed for a captured CUDA graph (the engine passes max_model_len there)."""
+    programs = _DECODE_PROGRAMS_PER_SM * _sm_count(device)
+    wanted = programs // max(num_seqs * num_kv_heads, 1)
     usable = triton.cdiv(max(max_seq_len, 1), min_part)
-    return _pow2(max(1, min(wanted, usable, _DECODE_MAX_SPLITS)))
+    splits = max(1, min(wanted, usable, _DECODE_MAX_SPLITS))
+    return 1 << (splits.bit_length() - 1)
 
 
 def paged_decode(
