@@ -2,7 +2,14 @@
 tiny random models, 4-8 experts, top-2)."""
 
 from hf_reference import assert_matches_hf
-from transformers import GraniteMoeConfig, MixtralConfig, OlmoeConfig, PhimoeConfig, Qwen2MoeConfig
+from transformers import (
+    DbrxConfig,
+    GraniteMoeConfig,
+    MixtralConfig,
+    OlmoeConfig,
+    PhimoeConfig,
+    Qwen2MoeConfig,
+)
 
 COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -42,4 +49,15 @@ def test_phimoe_sparsemixer_layernorm_longrope(tmp_path):
             "short_mscale": 1.2, "long_mscale": 1.4}
     config = PhimoeConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2, attention_bias=True,
                           lm_head_bias=True, rope_parameters=rope, router_jitter_noise=0.3)
+    assert_matches_hf(config, tmp_path, engine_variants=[{}])
+
+
+def test_dbrx_packed_experts_clip_qkv_pnorm(tmp_path):
+    # The rope theta is given twice: transformers reads the top level, DBRX's checkpoints attn_config.
+    config = DbrxConfig(vocab_size=512, d_model=64, n_heads=4, n_layers=2, max_seq_len=512,
+                        attn_config={"kv_n_heads": 2, "clip_qkv": 1.5, "rope_theta": 20000.0},
+                        ffn_config={"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2,
+                                    "moe_normalize_expert_weights": 2.0},
+                        rope_parameters={"rope_type": "default", "rope_theta": 20000.0},
+                        bos_token_id=0, eos_token_id=1, pad_token_id=2)
     assert_matches_hf(config, tmp_path, engine_variants=[{}])

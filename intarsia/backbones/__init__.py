@@ -5,6 +5,7 @@ Importing this package registers every family with `intarsia.engine.registry`.
 
 from intarsia.backbones import (  # noqa: F401
     cohere,
+    dbrx,
     gemma,
     granite,
     llama,
