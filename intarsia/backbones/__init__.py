@@ -4,17 +4,28 @@ Importing this package registers every family with `intarsia.engine.registry`.
 """
 
 from intarsia.backbones import (  # noqa: F401
+    bloom,
     cohere,
     dbrx,
+    falcon,
     gemma,
+    gpt2,
+    gpt_neox,
+    gptj,
     granite,
     llama,
     llava,
     mixtral,
+    mpt,
     nemotron,
     olmo,
+    opt,
+    persimmon,
+    phi,
     phi3,
+    phi3v,
     pooling,
     qwen2_vl,
+    stablelm,
     starcoder2,
 )

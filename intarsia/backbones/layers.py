@@ -102,6 +102,14 @@ class HeadNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(shape), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(shape), requires_grad=False) if bias else None
         self.num_heads, self.head_dim, self.eps, self.norm = num_heads, head_dim, eps, norm
+        if per_head:  # checkpoints store [heads, head_dim] or one norm per head (StableLM)
+            self.shards = {str(i): i for i in range(num_heads)}
+            for param in (self.weight, self.bias):
+                if param is not None:
+                    param.weight_loader = self.load_head
+
+    def load_head(self, param: nn.Parameter, loaded: torch.Tensor, head: str | None = None) -> None:
+        default_weight_loader(param if head is None else param.data[int(head)], loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         heads = x.float().reshape(-1, self.num_heads, self.head_dim)

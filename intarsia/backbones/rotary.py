@@ -27,8 +27,9 @@ class RotaryEmbedding(nn.Module):
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, head_dim: int, max_positions: int,
-                    is_neox: bool = True) -> RotaryEmbedding:
-        """Build the table for positions `[0, max_positions)` from `config.rope_parameters`.
+                    is_neox: bool = True, rotary_dim: int | None = None) -> RotaryEmbedding:
+        """Build the table for positions `[0, max_positions)` from `config.rope_parameters`;
+        `rotary_dim` overrides the rotated width that `partial_rotary_factor` implies.
 
         Length-dependent schemes (dynamic NTK, longrope) are applied per position:
         position p uses the frequencies transformers uses for a sequence of p + 1
@@ -36,7 +37,7 @@ class RotaryEmbedding(nn.Module):
         """
         params = dict(config.rope_parameters or {})
         rope_type = params.get("rope_type", "default")
-        rotary_dim = int(head_dim * params.get("partial_rotary_factor",
+        rotary_dim = rotary_dim or int(head_dim * params.get("partial_rotary_factor",
                                                getattr(config, "partial_rotary_factor", 1.0)))
         positions = torch.arange(max_positions, dtype=torch.float32)
         if rope_type == "default":
