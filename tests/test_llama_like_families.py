@@ -1,6 +1,7 @@
 """Llama-like families against transformers (float32, tiny random models), each
 config chosen to exercise what sets the family apart."""
 
+import torch
 from hf_reference import assert_matches_hf
 from safetensors import safe_open
 from transformers import (
@@ -13,6 +14,10 @@ from transformers import (
     Phi3Config,
     Starcoder2Config,
 )
+from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+from intarsia.backbones.phi3 import Phi3ForCausalLM
+from intarsia.engine.registry import resolve
 
 COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -78,7 +83,30 @@ def test_phi3_fused_checkpoint_longrope_partial_rotary_sliding_window(tmp_path):
         assert "model.layers.0.self_attn.qkv_proj.weight" in f.keys()  # noqa: SIM118 (not a dict)
 
 
+def test_phi3_longrope_table_across_original_length():
+    # Position p rotates with the frequencies transformers uses for a step whose last
+    # position is p: short factors up to original_max_position_embeddings, long ones past
+    # it, and the attention factor of the extension throughout. (Past that length
+    # transformers' generate recomputes the whole cache with the long factors; a paged
+    # cache keeps the earlier keys, so only prompts within it match token for token.)
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0,
+            "short_factor": [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0],
+            "long_factor": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]}
+    config = Phi3Config(**COMMON, rope_parameters=rope, original_max_position_embeddings=24)
+    table = Phi3ForCausalLM.adapt(config, 64).rope.cos_sin_cache
+    hf_rotary = Phi3RotaryEmbedding(config)
+    for position in range(64):
+        cos, sin = hf_rotary(table, torch.tensor([[position]]))
+        expected = torch.cat((cos[0, 0, :8], sin[0, 0, :8]))
+        torch.testing.assert_close(table[position], expected, rtol=0, atol=1e-6,
+                                   msg=f"position {position}")
+
+
 def test_starcoder2_biases_plain_gelu_sliding_window(tmp_path):
     config = Starcoder2Config(**COMMON, sliding_window=20, use_bias=True, hidden_act="gelu_pytorch_tanh")
     assert config.tie_word_embeddings
     assert_matches_hf(config, tmp_path)
+
+
+def test_vllm_spelling_of_olmo_resolves():
+    assert resolve(["OLMoForCausalLM"])[1].cls is resolve(["OlmoForCausalLM"])[1].cls
