@@ -75,6 +75,8 @@ def build_pair(config: PretrainedConfig, device: torch.device, dtype: torch.dtyp
     config.architectures = [type(hf).__name__]
     config.save_pretrained(folder)
     train_tokenizer(512).save_pretrained(folder)
+    # Both models live on the device: leave transformers room for its own KV cache.
+    llm_kwargs.setdefault("gpu_memory_utilization", 0.6)
     llm = LLM(str(folder), dtype=dtype, device=str(device), load_format="dummy", **llm_kwargs)
     llm.engine.runner.model.load_weights(hf.state_dict().items())
     return hf, llm

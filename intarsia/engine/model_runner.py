@@ -134,10 +134,15 @@ class ModelRunner:
         for item in scheduled:
             seq, n = item.seq, item.num_new_tokens
             begin = seq.num_computed_tokens
-            input_ids.extend(seq.token_ids[begin:begin + n])
-            positions.extend(range(begin, begin + n))
             table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(begin, begin + n))
+            if n == 1:  # decode rows dominate large batches: skip the range machinery
+                input_ids.append(seq.token_ids[begin])
+                positions.append(begin)
+                slots.append(table[begin // bs] * bs + begin % bs)
+            else:
+                input_ids.extend(seq.token_ids[begin:begin + n])
+                positions.extend(range(begin, begin + n))
+                slots.extend(table[p // bs] * bs + p % bs for p in range(begin, begin + n))
             if seq.params.prompt_logprobs is not None and begin < seq.num_prompt_tokens - 1:
                 count = min(n, seq.num_prompt_tokens - 1 - begin)
                 prompt_rows.append((item, starts[-1], count))

@@ -1,0 +1,98 @@
+"""Where a step's time goes on the GPU, for the Llama-3.1-8B shape (random bf16 weights).
+
+    PYTHONPATH=. python3 benchmarks/profile_step.py
+
+Prints: the CUDA-graph replay time of a decode step alone vs the whole engine
+step (the difference is host time the GPU waits for), and the top kernels of a
+decode step at batch 1 / 256 and of a prefill step, from torch.profiler.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import LlamaConfig
+
+from intarsia import LLM, SamplingParams
+from intarsia.engine.sequence import Request
+
+
+def build(max_num_batched_tokens: int) -> LLM:
+    import tempfile
+
+    from intarsia.tiny_models import train_tokenizer
+
+    config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
+                         rope_theta=500000.0, architectures=["LlamaForCausalLM"])
+    folder = tempfile.mkdtemp()
+    config.save_pretrained(folder)
+    train_tokenizer(512).save_pretrained(folder)
+    return LLM(folder, dtype="bfloat16", load_format="dummy", max_model_len=4096,
+               max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=0.85)
+
+
+def add(llm: LLM, n: int, prompt_len: int, max_tokens: int) -> None:
+    for i in range(n):
+        ids = [(i * 7919 + j) % 120000 + 3 for j in range(prompt_len)]
+        llm.engine.add_request(Request(f"p{i}", None, ids, SamplingParams(
+            temperature=0, max_tokens=max_tokens, ignore_eos=True)))
+
+
+def timed_steps(llm: LLM, steps: int) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        llm.engine.step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def top_kernels(llm: LLM, label: str, steps: int = 3) -> None:
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            llm.engine.step()
+        torch.cuda.synchronize()
+    print(f"\n== {label}: top kernels over {steps} steps ==")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
+def main() -> None:
+    llm = build(8192)
+    graphs = llm.engine.runner.graphs
+    for batch in (1, 64, 256):
+        add(llm, batch, 128, 4000)
+        scheduler = llm.engine.scheduler
+        while scheduler.waiting or any(not s.is_prefill_done for s in scheduler.running):
+            llm.engine.step()
+        for _ in range(3):
+            llm.engine.step()
+        step_ms = timed_steps(llm, 20)
+        graph, _ = graphs.graphs[next(s for s in graphs.sizes if s >= batch)]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        print(f"decode batch {batch:>3}: engine step {step_ms:6.2f} ms, graph replay alone "
+              f"{start.elapsed_time(end) / 20:6.2f} ms")
+        if batch in (1, 256):
+            top_kernels(llm, f"decode batch {batch}")
+        for seq in list(llm.engine.scheduler.running):
+            llm.engine.scheduler.finish(seq)
+    add(llm, 32, 256, 1)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    llm.engine.step()
+    torch.cuda.synchronize()
+    print(f"\nprefill step of 8192 tokens (32 x 256): {(time.perf_counter() - start) * 1000:.1f} ms "
+          f"(floor at 790 TFLOP/s: {2 * 8.03e9 * 8192 / 790e12 * 1000:.1f} ms)")
+    add(llm, 32, 256, 1)
+    top_kernels(llm, "prefill 8192 tokens", steps=1)
+
+
+if __name__ == "__main__":
+    main()
