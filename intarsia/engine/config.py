@@ -10,7 +10,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from intarsia.engine.loader import resolve_model_path
 from intarsia.engine.pooler import PoolerConfig, resolve_pooler_config
-from intarsia.engine.registry import ModelEntry, resolve
+from intarsia.engine.registry import ModelEntry, registry, resolve
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16}
@@ -71,6 +71,7 @@ class EngineConfig:
         if hf_config is None:
             if not (path / "config.json").exists():
                 raise FileNotFoundError(f"no config.json in {path}")
+            registry()  # declarations register the configs transformers lacks (phi3_v)
             try:
                 hf_config = AutoConfig.from_pretrained(path)
             except (ValueError, OSError) as e:
