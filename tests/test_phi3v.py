@@ -226,3 +226,17 @@ def test_phi3v_image_tags(phi3v):
     with pytest.raises(ValueError, match="image tags"):
         llm.embed({"prompt": "<|image_2|>", "multi_modal_data": {"image": [a]}}, use_tqdm=False)
     assert llm.embed("Still serving", use_tqdm=False)[0].outputs.embedding
+
+
+def test_phi3v_chat_numbers_image_parts(phi3v):
+    path, _, _ = phi3v
+    llm = LLM(str(path), dtype="float32", device="cpu")
+    a, b = random_image(40, 40, 7), random_image(30, 64, 8)
+    params = SamplingParams(temperature=0, max_tokens=3)
+    parts = [{"type": "image", "image": a}, {"type": "text", "text": "vs"}, {"type": "image", "image": b}]
+    chat = llm.chat([{"role": "user", "content": parts}], params, use_tqdm=False)[0]
+    prompt = {"prompt": "<|user|><|image_1|>\nvs<|image_2|>\n<|end|><|assistant|>",
+              "multi_modal_data": {"image": [a, b]}}
+    direct = llm.generate(prompt, params, use_tqdm=False)[0]
+    assert chat.prompt_token_ids == direct.prompt_token_ids
+    assert chat.outputs[0].token_ids == direct.outputs[0].token_ids
