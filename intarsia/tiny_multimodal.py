@@ -96,3 +96,14 @@ def save_tiny_qwen2_vl(path: str | Path, seed: int = 0, min_pixels: int = 28 * 2
     path = save_tiny_model(config, path, seed, processor.tokenizer, model_cls=AutoModelForImageTextToText)
     processor.save_pretrained(path)
     return Path(path)
+
+
+DEMO_VLM_DIR = Path(".cache/intarsia-demo-qwen2-vl")
+
+
+def build_demo_vlm(path: str | Path = DEMO_VLM_DIR) -> Path:
+    """The demo's tiny Qwen2-VL (RANDOM weights; images and videos), built once."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        save_tiny_qwen2_vl(path, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+    return path

@@ -145,10 +145,16 @@ def content_hash(*parts: Any) -> bytes:
     return digest.digest()
 
 
-def _as_list(value: Any) -> list:
+def _as_list(value: Any, modality: str) -> list:
+    """The items of one modality: a list of items, or one item. A list of PIL frames
+    given as a video is one video."""
     if value is None:
         return []
-    return list(value) if isinstance(value, list) else [value]
+    if not isinstance(value, list):
+        return [value]
+    if modality == "video" and value and all(isinstance(v, Image.Image) for v in value):
+        return [value]
+    return list(value)
 
 
 class MultiModalProcessor(TextProcessor):
@@ -210,7 +216,7 @@ class MultiModalProcessor(TextProcessor):
     # -- processing --------------------------------------------------------------------
 
     def process(self, prompt: dict, mm_data: dict[str, Any]) -> ProcessedPrompt:
-        media_items = {m: _as_list(v) for m, v in mm_data.items()}
+        media_items = {m: _as_list(v, m) for m, v in mm_data.items()}
         media_items = {m: v for m, v in media_items.items() if v}
         if not media_items:
             return super().process(prompt, {})
