@@ -1,6 +1,7 @@
 """Llama-like families against transformers (float32, tiny random models), each
 config chosen to exercise what sets the family apart."""
 
+import pytest
 import torch
 from hf_reference import assert_matches_hf
 from safetensors import safe_open
@@ -16,6 +17,7 @@ from transformers import (
 )
 from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
+from intarsia.backbones.gemma import Gemma2ForCausalLM
 from intarsia.backbones.phi3 import Phi3ForCausalLM
 from intarsia.engine.registry import resolve
 
@@ -110,3 +112,9 @@ def test_starcoder2_biases_plain_gelu_sliding_window(tmp_path):
 
 def test_vllm_spelling_of_olmo_resolves():
     assert resolve(["OLMoForCausalLM"])[1].cls is resolve(["OlmoForCausalLM"])[1].cls
+
+
+def test_gemma2_bidirectional_attention_is_refused():
+    config = Gemma2Config(**COMMON, head_dim=16, use_bidirectional_attention=True)
+    with pytest.raises(ValueError, match="use_bidirectional_attention"):
+        Gemma2ForCausalLM.adapt(config, 64)

@@ -14,8 +14,7 @@ def cohere_args(config, max_positions: int) -> DecoderArgs:
     rope = RotaryEmbedding.from_config(config, head_dim_of(config), max_positions, is_neox=False)
     return llama_like_args(config, max_positions, norm="layer", norm_bias=False, rope=rope,
                            logit_scale=config.logit_scale,
-                           qk_norm="per_head" if getattr(config, "use_qk_norm", False) else None,
-                           tie_word_embeddings=getattr(config, "tie_word_embeddings", True))
+                           qk_norm="per_head" if getattr(config, "use_qk_norm", False) else None)
 
 
 @register("CohereForCausalLM")

@@ -23,14 +23,16 @@ from intarsia.engine.registry import register
 
 
 def gemma_args(config, max_positions: int, **overrides) -> DecoderArgs:
+    if getattr(config, "use_bidirectional_attention", False):
+        raise ValueError("Gemma with use_bidirectional_attention (an encoder-style embedder) is not "
+                         "supported: intarsia's decoder attention is causal")
     act = getattr(config, "hidden_activation", None) or config.hidden_act
     # Gemma's legacy "gelu" means the tanh approximation (as transformers reads it too).
     act = "gelu_pytorch_tanh" if act == "gelu" else act
     # transformers rounds the embedding normaliser to the model dtype before scaling.
     embed_scale = torch.tensor(config.hidden_size**0.5, dtype=torch.get_default_dtype()).item()
-    values = dict(norm_offset=1.0, act=act, embed_scale=embed_scale,
-                  tie_word_embeddings=getattr(config, "tie_word_embeddings", True))
-    return llama_like_args(config, max_positions, **{**values, **overrides})
+    return llama_like_args(config, max_positions, norm_offset=1.0, act=act, embed_scale=embed_scale,
+                           **overrides)
 
 
 def gemma2_args(config, max_positions: int) -> DecoderArgs:
