@@ -107,3 +107,34 @@ def build_demo_vlm(path: str | Path = DEMO_VLM_DIR) -> Path:
     if not (path / "config.json").exists():
         save_tiny_qwen2_vl(path, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
     return path
+
+
+def save_tiny_llava_next(path: str | Path, seed: int = 0, tile: int = 28, patch_size: int = 7) -> Path:
+    """LLaVA-NeXT shape: CLIP tiles of `tile` pixels on a 1x2 / 2x1 / 2x2 grid plus the
+    base view, Llama decoder."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    tokenizer = train_tokenizer(special_tokens=["<image>"])
+    pinpoints = [[tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile]]
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=tile, patch_size=patch_size,
+                                       projection_dim=32),
+        text_config=LlamaConfig(**TEXT), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
+        vision_feature_select_strategy="default")
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessor(size={"shortest_edge": tile},
+                                                crop_size={"height": tile, "width": tile},
+                                                image_grid_pinpoints=pinpoints),
+        tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=chat_template({"image": "<image>"}))
+    path = save_tiny_model(config, path, seed, tokenizer, model_cls=AutoModelForImageTextToText)
+    processor.save_pretrained(path)
+    return Path(path)
