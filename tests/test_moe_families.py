@@ -1,10 +1,13 @@
 """Mixture-of-experts and latent-attention families against transformers (float32,
 tiny random models, 4-8 experts, top-2)."""
 
+import pytest
 from hf_reference import assert_matches_hf
 from transformers import (
     DbrxConfig,
+    DeepseekV2Config,
     GraniteMoeConfig,
+    MiniCPM3Config,
     MixtralConfig,
     OlmoeConfig,
     PhimoeConfig,
@@ -61,3 +64,29 @@ def test_dbrx_packed_experts_clip_qkv_pnorm(tmp_path):
                         rope_parameters={"rope_type": "default", "rope_theta": 20000.0},
                         bos_token_id=0, eos_token_id=1, pad_token_id=2)
     assert_matches_hf(config, tmp_path, engine_variants=[{}])
+
+
+MLA = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+           num_attention_heads=4, max_position_embeddings=512, kv_lora_rank=24, qk_nope_head_dim=16,
+           qk_rope_head_dim=8, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 128,
+        "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 32, "beta_slow": 1}
+
+
+@pytest.mark.parametrize("variant", [
+    # Low-rank q, v narrower than q/k (padded V), yarn, group-limited routing, a dense first layer.
+    dict(q_lora_rank=32, v_head_dim=12, rope_parameters=YARN, topk_method="group_limited_greedy",
+         n_group=4, topk_group=2, routed_scaling_factor=1.5, first_k_dense_replace=1),
+    # Full-rank q (V2-Lite), v wider than q/k (padded q and k), greedy routing, all layers MoE.
+    dict(q_lora_rank=None, v_head_dim=32, topk_method="greedy", first_k_dense_replace=0),
+], ids=["lora_q-yarn-grouped", "full_q-greedy"])
+def test_deepseek_v2_latent_attention_moe(tmp_path, variant):
+    config = DeepseekV2Config(**MLA, **variant, moe_intermediate_size=32, n_routed_experts=8,
+                              num_experts_per_tok=2, n_shared_experts=2)
+    assert_matches_hf(config, tmp_path, engine_variants=[{}])
+
+
+def test_minicpm3_latent_attention_scaling(tmp_path):
+    config = MiniCPM3Config(**MLA, q_lora_rank=32, v_head_dim=16, scale_emb=12.0, scale_depth=1.4,
+                            dim_model_base=32, tie_word_embeddings=True)
+    assert_matches_hf(config, tmp_path)

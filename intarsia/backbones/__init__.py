@@ -7,6 +7,7 @@ from intarsia.backbones import (  # noqa: F401
     bloom,
     cohere,
     dbrx,
+    deepseek,
     falcon,
     gemma,
     gpt2,
