@@ -2,8 +2,8 @@
 
 A decode step launches a few hundred small kernels; on the GPU their launch cost
 exceeds their run time. Each graph is captured once over static input buffers;
-a step copies its inputs into them, pads the batch to the next captured size
-(padding rows write no KV: slot -1) and replays.
+a step stages its inputs into them from pinned host memory, pads the batch to
+the next captured size (padding rows write no KV: slot -1) and replays.
 """
 
 from __future__ import annotations
@@ -29,11 +29,16 @@ class DecodeGraphs:
         self.max_size = self.sizes[-1]
         max_blocks = -(-max_model_len // block_size)
         n = self.max_size
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
+        # Rows of one int64 buffer, so that a step's inputs arrive in one copy.
+        self.static_i64 = torch.zeros(3, n, dtype=torch.int64, device=device)
+        self.input_ids, self.positions, self.slot_mapping = self.static_i64
+        self.slot_mapping.fill_(-1)
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=device)
+        self.row_index = torch.arange(n, device=device)  # sample rows of a decode step
+        self.host_i64 = torch.zeros(3, n, dtype=torch.int64, pin_memory=True)
+        self.host_seq_lens = torch.ones(n, dtype=torch.int32, pin_memory=True)
+        self.host_tables = torch.zeros(n, max_blocks, dtype=torch.int32, pin_memory=True)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         pool = None
@@ -55,20 +60,34 @@ class DecodeGraphs:
             self.graphs[size] = (graph, hidden)
         torch.cuda.synchronize(device)
 
-    def can_run(self, meta: AttentionMetadata, positions: torch.Tensor) -> bool:
-        return meta.max_query_len == 1 and meta.num_seqs <= self.max_size and positions.dim() == 1
+    def accepts(self, num_seqs: int, max_query_len: int) -> bool:
+        return max_query_len == 1 and num_seqs <= self.max_size
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        n = meta.num_seqs
+    def stage(self, input_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
+              tables: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """Write a decode step's inputs into the static buffers (through pinned host memory,
+        a few asynchronous copies) and return views of them for `run`."""
+        n = len(input_ids)
         size = next(s for s in self.sizes if s >= n)
-        width = meta.block_tables.shape[1]
-        self.input_ids[:n].copy_(input_ids)
-        self.positions[:n].copy_(positions)
-        self.slot_mapping[:n].copy_(meta.slot_mapping)
-        self.slot_mapping[n:size].fill_(-1)
-        self.seq_lens[:n].copy_(meta.seq_lens)
-        self.seq_lens[n:size].fill_(1)
-        self.block_tables[:n, :width].copy_(meta.block_tables)
-        graph, hidden = self.graphs[size]
+        host = self.host_i64.numpy()
+        host[0, :n], host[1, :n], host[2, :n] = input_ids, positions, slots
+        host[2, n:size] = -1  # padding rows write no KV
+        lens = self.host_seq_lens.numpy()
+        lens[:n], lens[n:size] = seq_lens, 1
+        width = len(tables[0])
+        self.host_tables.numpy()[:n, :width] = tables
+        self.static_i64[:, :size].copy_(self.host_i64[:, :size], non_blocking=True)
+        self.seq_lens[:size].copy_(self.host_seq_lens[:size], non_blocking=True)
+        self.block_tables[:n, :width].copy_(self.host_tables[:n, :width], non_blocking=True)
+        meta = AttentionMetadata(
+            slot_mapping=self.slot_mapping[:n], query_start_loc=self.query_start_loc[:n + 1],
+            seq_lens=self.seq_lens[:n], block_tables=self.block_tables[:n, :width], max_query_len=1,
+            max_seq_len=max(seq_lens), query_start_loc_cpu=list(range(n + 1)), seq_lens_cpu=seq_lens)
+        meta.graph_size = size
+        return self.input_ids[:n], self.positions[:n], meta
+
+    def run(self, meta: AttentionMetadata) -> torch.Tensor:
+        """Replay the graph for a step staged by `stage`; hidden states of its rows."""
+        graph, hidden = self.graphs[meta.graph_size]
         graph.replay()
-        return hidden[:n]
+        return hidden[:meta.num_seqs]

@@ -159,10 +159,18 @@ class ModelRunner:
         def dev(data, dtype):
             return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
 
+        max_query_len = max(item.num_new_tokens for item in scheduled)
+        if (self.graphs is not None and self.encoders is None
+                and self.graphs.accepts(len(scheduled), max_query_len)):
+            ids_t, positions_t, attn = self.graphs.stage(input_ids, positions, slots, seq_lens, tables)
+            # Usually every row samples (rows are increasing, so then they are 0..n-1).
+            rows = (self.graphs.row_index[:len(sample_rows)] if len(sample_rows) == len(scheduled)
+                    else dev(sample_rows, torch.int64))
+            return StepBatch(ids_t, positions_t, attn, rows, sample_seqs, prompt_rows, pool_rows)
         attn = AttentionMetadata(
             slot_mapping=dev(slots, torch.int64), query_start_loc=dev(starts, torch.int32),
             seq_lens=dev(seq_lens, torch.int32), block_tables=dev(tables, torch.int32),
-            max_query_len=max(item.num_new_tokens for item in scheduled),
+            max_query_len=max_query_len,
             max_seq_len=max(seq_lens), query_start_loc_cpu=starts, seq_lens_cpu=seq_lens)
         batch = StepBatch(dev(input_ids, torch.int64), dev(positions, torch.int64), attn,
                           dev(sample_rows, torch.int64), sample_seqs, prompt_rows, pool_rows)
@@ -179,8 +187,8 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: StepBatch) -> torch.Tensor:
         """Hidden states of every row of the flattened batch."""
-        if not batch.inlays and self.graphs is not None and self.graphs.can_run(batch.attn, batch.positions):
-            return self.graphs.run(batch.input_ids, batch.positions, batch.attn)
+        if batch.attn.graph_size is not None:
+            return self.graphs.run(batch.attn)
         ctx = ForwardContext(batch.attn, self.kv_caches)
         embeds = self.model.embed(batch.input_ids)
         if batch.inlays:

@@ -15,6 +15,7 @@ class ModelEntry:
     task: str  # default task: "generate" | "embed" | "classify" | "reward"
     multimodal: bool
     processor: type | None = None  # prompt processor class of a multimodal model
+    canonical: str = ""  # the HF name this entry was registered under first (others are aliases)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -30,7 +31,8 @@ def register(*names: str, task: str = "generate", multimodal: bool = False,
 
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
         for name in names:
-            _REGISTRY[name] = ModelEntry(cls, task, multimodal or processor is not None, processor)
+            _REGISTRY[name] = ModelEntry(cls, task, multimodal or processor is not None, processor,
+                                         canonical=names[0])
         return cls
 
     return wrap

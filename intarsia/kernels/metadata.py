@@ -26,6 +26,7 @@ class AttentionMetadata:
     # Host copies, so the torch reference never synchronises with the device.
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
+    graph_size: int | None = None  # set when the step's inputs sit in a CUDA graph's buffers
 
     @property
     def num_seqs(self) -> int:
