@@ -2,8 +2,10 @@
 tiny random models, 4-8 experts, top-2)."""
 
 import pytest
+import torch
 from hf_reference import assert_matches_hf
 from transformers import (
+    AutoModelForCausalLM,
     DbrxConfig,
     DeepseekV2Config,
     GraniteMoeConfig,
@@ -13,6 +15,10 @@ from transformers import (
     PhimoeConfig,
     Qwen2MoeConfig,
 )
+
+from intarsia import LLM
+from intarsia.engine.loader import iterate_weights
+from intarsia.tiny_models import save_tiny_model
 
 COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -90,3 +96,26 @@ def test_minicpm3_latent_attention_scaling(tmp_path):
     config = MiniCPM3Config(**MLA, q_lora_rank=32, v_head_dim=16, scale_emb=12.0, scale_depth=1.4,
                             dim_model_base=32, tie_word_embeddings=True)
     assert_matches_hf(config, tmp_path)
+
+
+@pytest.mark.parametrize("config", [
+    MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2),
+    DeepseekV2Config(**MLA, q_lora_rank=None, v_head_dim=16, moe_intermediate_size=32, n_routed_experts=4,
+                     num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1),
+], ids=["mixtral", "deepseek_v2"])
+def test_stacked_and_per_expert_layouts_load_alike(tmp_path, config):
+    """transformers 5 keeps experts stacked in memory ([E, 2I, H]) and saves them one
+    tensor per expert; both load into the same parameters (benchmarks load the former)."""
+    path = save_tiny_model(config, tmp_path / "model")
+    from_disk = LLM(str(path), dtype="float32", device="cpu").engine.runner.model
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    stacked = hf.state_dict()
+    assert any(name.endswith("experts.gate_up_proj") for name in stacked)
+    from_memory = LLM(str(path), dtype="float32", device="cpu", load_format="dummy").engine.runner.model
+    from_memory.load_weights(stacked.items())
+    for (name, ours), (_, theirs) in zip(from_disk.named_parameters(), from_memory.named_parameters(),
+                                         strict=True):
+        assert torch.equal(ours, theirs), name
+    per_expert = [(n, w) for n, w in iterate_weights(path) if ".experts.1." not in n]
+    with pytest.raises(ValueError, match=r"missing weights for .*experts\.down_proj\.weight\[down\.1\]"):
+        from_memory.load_weights(per_expert)

@@ -88,7 +88,9 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int,
     pair_experts = topk_ids.flatten().long()
     num_pairs = pair_experts.numel()
     device = topk_ids.device
-    counts = torch.bincount(pair_experts, minlength=num_experts)
+    # scatter_add, not bincount: bincount sizes its output from the data (a host sync).
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).scatter_add_(
+        0, pair_experts, torch.ones_like(pair_experts))
     padded = (counts + block_m - 1) // block_m * block_m
     padded_end = padded.cumsum(0)
     order = torch.argsort(pair_experts, stable=True)
