@@ -1,6 +1,7 @@
 """Multimodal embedding: a vision-language generation model loaded with task="embed"
-(e5-v style prompts) against transformers' hidden states, text-only and image
-prompts mixed in one batch; tiny random LLaVA-1.5 in float32."""
+(e5-v style prompts; e5-v itself is a LLaVA-NeXT) against transformers' hidden
+states, text-only and image prompts mixed in one batch; tiny random LLaVA-1.5 and
+LLaVA-NeXT in float32."""
 
 import pytest
 import torch
@@ -9,16 +10,17 @@ from mm_reference import random_image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from intarsia import LLM
-from intarsia.tiny_multimodal import save_tiny_llava
+from intarsia.tiny_multimodal import save_tiny_llava, save_tiny_llava_next
 
 # e5-v asks the model to compress the input into one word; its last token is the embedding.
 IMAGE_PROMPT = "<image>\nSummary above image in one word:"
 TEXT_PROMPT = "{}\nSummary above sentence in one word:"
 
 
-@pytest.fixture(scope="module")
-def llava_path(tmp_path_factory):
-    return save_tiny_llava(tmp_path_factory.mktemp("llava_embed") / "model")
+@pytest.fixture(scope="module", params=[save_tiny_llava, save_tiny_llava_next],
+                ids=["llava", "llava_next"])
+def llava_path(request, tmp_path_factory):
+    return request.param(tmp_path_factory.mktemp("llava_embed") / "model")
 
 
 def hf_last_token_embedding(model, processor, prompt: str, image=None) -> tuple[list[int], torch.Tensor]:
@@ -37,7 +39,7 @@ def test_llava_embeds_images_and_text_in_one_batch(llava_path):
     references = [hf_last_token_embedding(hf, processor, prompt, image) for prompt, image in cases]
     prompts = [{"prompt": p, "multi_modal_data": {"image": image} if image is not None else {}}
                for p, image in cases]
-    # A budget of 8 tokens splits each image's 16 placeholders over steps.
+    # A budget of 8 tokens splits each image's placeholders over steps.
     for variant in [{}, {"enable_prefix_caching": False, "max_num_batched_tokens": 8}]:
         llm = LLM(str(llava_path), dtype="float32", device="cpu", task="embed", **variant)
         outputs = llm.embed(prompts, use_tqdm=False)
