@@ -1,6 +1,11 @@
 """GPT-lineage families against transformers (float32, tiny random models): ALiBi,
 learned and rotary positions, LayerNorm, parallel and post-norm residuals, fused q/k/v
-layouts; each config chosen to exercise what sets the variant apart."""
+layouts; each config chosen to exercise what sets the variant apart.
+
+Architectures: BloomForCausalLM, FalconForCausalLM, GPT2LMHeadModel, GPTBigCodeForCausalLM,
+GPTJForCausalLM, GPTNeoXForCausalLM, MPTForCausalLM, OPTForCausalLM, PhiForCausalLM,
+PersimmonForCausalLM, StableLmForCausalLM.
+"""
 
 import pytest
 import torch

@@ -1,4 +1,7 @@
-"""Llama, Mistral and Qwen2 against transformers (float32, tiny random models)."""
+"""Llama, Mistral and Qwen2 against transformers (float32, tiny random models).
+
+Architectures: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM.
+"""
 
 import pytest
 from hf_reference import assert_matches_hf

@@ -1,5 +1,9 @@
 """Llama-like families against transformers (float32, tiny random models), each
-config chosen to exercise what sets the family apart."""
+config chosen to exercise what sets the family apart.
+
+Architectures: CohereForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, GraniteForCausalLM,
+NemotronForCausalLM, OlmoForCausalLM, Phi3ForCausalLM, Starcoder2ForCausalLM.
+"""
 
 import pytest
 import torch

@@ -1,4 +1,7 @@
-"""LLaVA-1.5 against transformers (tiny random model, real CLIP image processor)."""
+"""LLaVA-1.5 against transformers (tiny random model, real CLIP image processor).
+
+Architectures: LlavaForConditionalGeneration.
+"""
 
 import pytest
 from mm_reference import Case, assert_mm_matches_hf, generate_cases, random_image

@@ -1,4 +1,7 @@
-"""LLaVA-NeXT against transformers: any-resolution tiles, unpadding, image_newline."""
+"""LLaVA-NeXT against transformers: any-resolution tiles, unpadding, image_newline.
+
+Architectures: LlavaNextForConditionalGeneration.
+"""
 
 from mm_reference import Case, assert_mm_matches_hf, random_image
 

@@ -1,6 +1,9 @@
 """Pooling models (embed / classify / reward) against transformers, or for
 Qwen2ForRewardModel an equivalent reference in its published checkpoint layout;
-tiny random models in float32."""
+tiny random models in float32.
+
+Architectures: MistralModel, Gemma2Model, Qwen2ForSequenceClassification, Qwen2ForRewardModel.
+"""
 
 import json
 import shutil
