@@ -4,8 +4,10 @@
     python benchmarks/throughput.py --preset llama3-8b     # on one H100/H200
 
 Prints the hardware ceilings (copy bandwidth, matmul rate), batch-1 decode
-ms/token with its roofline (weight bytes / copy bandwidth), and output tokens/s
-for each workload with the ratio to transformers' static batching.
+ms/token with its roofline (weight bytes / copy bandwidth), output tokens/s
+for each workload with the ratio to transformers' static batching, and on CUDA
+the decode-attention kernel sweep (benchmarks/gpu_kernels.py) against the copy
+bandwidth.
 """
 
 from __future__ import annotations
@@ -118,6 +120,15 @@ def main() -> None:
                 batch_result = run_hf_generate_batch(hf, subset)
                 results += [batch_result] if batch_result else []
         print_table(f"offline throughput, {kind}: {describe(workload)}", results, baseline)
+
+    if device.type == "cuda":  # the kernel sweep, against this run's copy bandwidth
+        from gpu_kernels import time_decode
+
+        print("\ndecode attention (32 q / 8 KV heads, head dim 128, bf16):")
+        for batch in (1, 16, 64):
+            for context in (1024, 4096, 16384):
+                time_decode(batch, context, bandwidth / 1e9)
+
 
 if __name__ == "__main__":
     main()
