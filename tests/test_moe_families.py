@@ -82,7 +82,7 @@ YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max
 @pytest.mark.parametrize("variant", [
     # Low-rank q, v narrower than q/k (padded V), yarn, group-limited routing, a dense first layer.
     dict(q_lora_rank=32, v_head_dim=12, rope_parameters=YARN, topk_method="group_limited_greedy",
-         n_group=4, topk_group=2, routed_scaling_factor=1.5, first_k_dense_replace=1),
+         n_group=2, topk_group=1, routed_scaling_factor=1.5, first_k_dense_replace=1),
     # Full-rank q (V2-Lite), v wider than q/k (padded q and k), greedy routing, all layers MoE.
     dict(q_lora_rank=None, v_head_dim=32, topk_method="greedy", first_k_dense_replace=0),
 ], ids=["lora_q-yarn-grouped", "full_q-greedy"])
