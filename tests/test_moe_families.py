@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from intarsia import LLM
+from intarsia.backbones.moe import MoEArgs
 from intarsia.engine.loader import iterate_weights
 from intarsia.tiny_models import save_tiny_model
 
@@ -119,3 +120,21 @@ def test_stacked_and_per_expert_layouts_load_alike(tmp_path, config):
     per_expert = [(n, w) for n, w in iterate_weights(path) if ".experts.1." not in n]
     with pytest.raises(ValueError, match=r"missing weights for .*experts\.down_proj\.weight\[down\.1\]"):
         from_memory.load_weights(per_expert)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(top_k=5), "top_k=5 must be in"),
+    (dict(routing="sparsemixer", top_k=3), "exactly 2 experts"),
+    (dict(routing="sigmoid"), "unknown MoE routing"),
+    (dict(num_groups=3, topk_groups=1), "divisible by num_groups=3"),
+])
+def test_moe_args_reject_bad_routing(bad, message):
+    with pytest.raises(ValueError, match=message):
+        MoEArgs(**{"num_experts": 4, "top_k": 2, "intermediate_size": 8, **bad})
+
+
+def test_deepseek_rejects_unknown_routing(tmp_path):
+    config = DeepseekV2Config(**MLA, q_lora_rank=None, v_head_dim=16, moe_intermediate_size=32,
+                              n_routed_experts=4, num_experts_per_tok=2, topk_method="noaux_tc")
+    with pytest.raises(ValueError, match="unsupported DeepSeek topk_method 'noaux_tc'"):
+        LLM(str(save_tiny_model(config, tmp_path / "model")), device="cpu")

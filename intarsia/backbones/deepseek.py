@@ -17,6 +17,8 @@ _TOPK_METHODS = ("greedy", "group_limited_greedy")
 def deepseek_moe(config) -> MoEArgs:
     if config.topk_method not in _TOPK_METHODS:
         raise ValueError(f"unsupported DeepSeek topk_method {config.topk_method!r}; known: {_TOPK_METHODS}")
+    if getattr(config, "scoring_func", "softmax") != "softmax":
+        raise ValueError(f"unsupported DeepSeek scoring_func {config.scoring_func!r}; V2 uses softmax")
     grouped = config.topk_method == "group_limited_greedy"
     every = getattr(config, "moe_layer_freq", 1) or 1
     return MoEArgs(
