@@ -1,5 +1,10 @@
 """Mixture-of-experts and latent-attention families against transformers (float32,
-tiny random models, 4-8 experts, top-2)."""
+tiny random models, 4-8 experts, top-2), their checkpoint layouts and config errors.
+
+Architectures: MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM,
+GraniteMoeForCausalLM, PhimoeForCausalLM, DbrxForCausalLM, DeepseekV2ForCausalLM,
+MiniCPM3ForCausalLM.
+"""
 
 import pytest
 import torch
@@ -19,6 +24,7 @@ from transformers import (
 from intarsia import LLM
 from intarsia.backbones.moe import MoEArgs
 from intarsia.engine.loader import iterate_weights
+from intarsia.engine.registry import resolve
 from intarsia.tiny_models import save_tiny_model
 
 COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
@@ -138,3 +144,8 @@ def test_deepseek_rejects_unknown_routing(tmp_path):
                               n_routed_experts=4, num_experts_per_tok=2, topk_method="noaux_tc")
     with pytest.raises(ValueError, match="unsupported DeepSeek topk_method 'noaux_tc'"):
         LLM(str(save_tiny_model(config, tmp_path / "model")), device="cpu")
+
+
+def test_vllm_spellings_are_aliases():
+    for alias, name in [("OLMoEForCausalLM", "OlmoeForCausalLM"), ("PhiMoEForCausalLM", "PhimoeForCausalLM")]:
+        assert resolve([alias])[1].cls is resolve([name])[1].cls
