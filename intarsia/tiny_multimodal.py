@@ -138,3 +138,73 @@ def save_tiny_llava_next(path: str | Path, seed: int = 0, tile: int = 28, patch_
     path = save_tiny_model(config, path, seed, tokenizer, model_cls=AutoModelForImageTextToText)
     processor.save_pretrained(path)
     return Path(path)
+
+
+def save_tiny_llava_next_video(path: str | Path, seed: int = 0, tile: int = 28, patch_size: int = 7,
+                               spatial_pool_mode: str = "average") -> Path:
+    """LLaVA-NeXT-Video shape: LLaVA-NeXT's CLIP tiles for images; video frames of one
+    base view each, their patch maps pooled 2x2 before the projector; Llama decoder."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextImageProcessor,
+        LlavaNextVideoConfig,
+        LlavaNextVideoProcessor,
+        LlavaNextVideoVideoProcessor,
+    )
+
+    tokenizer = train_tokenizer(special_tokens=["<image>", "<video>"])
+    pinpoints = [[tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile]]
+    config = LlavaNextVideoConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=tile, patch_size=patch_size,
+                                       projection_dim=32),
+        text_config=LlamaConfig(**TEXT), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"), image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+        spatial_pool_mode=spatial_pool_mode, spatial_pool_stride=2)
+    crop = {"height": tile, "width": tile}
+    processor = LlavaNextVideoProcessor(
+        video_processor=LlavaNextVideoVideoProcessor(size={"shortest_edge": tile}, crop_size=crop),
+        image_processor=LlavaNextImageProcessor(size={"shortest_edge": tile}, crop_size=crop,
+                                                image_grid_pinpoints=pinpoints),
+        tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=chat_template({"image": "<image>", "video": "<video>"}))
+    path = save_tiny_model(config, path, seed, tokenizer, model_cls=AutoModelForImageTextToText)
+    processor.save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny_llava_onevision(path: str | Path, seed: int = 0, tile: int = 28, patch_size: int = 7,
+                              vision_aspect_ratio: str = "anyres_max_2") -> Path:
+    """LLaVA-OneVision shape: SigLIP tiles on a 1x2 / 2x1 / 2x2 grid, the 2x2 grid scaled
+    down to `anyres_max_2` base views; video frames pooled bilinearly 2x2 after the
+    projector, one image_newline closing each video; Qwen2 decoder."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    tokenizer = train_tokenizer(special_tokens=["<image>", "<video>"])
+    pinpoints = [[tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile]]
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                         num_attention_heads=4, image_size=tile, patch_size=patch_size,
+                                         vision_use_head=False),
+        text_config=Qwen2Config(**TEXT), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"), image_grid_pinpoints=pinpoints,
+        vision_aspect_ratio=vision_aspect_ratio)
+    size = {"height": tile, "width": tile}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size=size), tokenizer=tokenizer,
+        num_image_tokens=(tile // patch_size) ** 2, vision_feature_select_strategy="full",
+        vision_aspect_ratio=vision_aspect_ratio,
+        chat_template=chat_template({"image": "<image>", "video": "<video>"}))
+    path = save_tiny_model(config, path, seed, tokenizer, model_cls=AutoModelForImageTextToText)
+    processor.save_pretrained(path)
+    return Path(path)

@@ -16,6 +16,7 @@ from intarsia.backbones import (  # noqa: F401
     granite,
     llama,
     llava,
+    llava_video,
     mixtral,
     mpt,
     nemotron,

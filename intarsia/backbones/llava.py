@@ -49,12 +49,16 @@ class LlavaForConditionalGeneration(MultiModalCausalLM):
             vision.hidden_size * num_layers, self.args.hidden_size, config.projector_hidden_act,
             bias=getattr(config, "multimodal_projector_bias", True))
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[images, C, H, W] -> projected patch features [images, tokens, hidden]."""
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[images, C, H, W] -> the selected vision-tower features [images, tokens, vision dim]."""
         features = self.vision_tower(pixel_values, self.config.vision_feature_layer)
         if self.config.vision_feature_select_strategy == "default":
             features = features[:, 1:]  # drop the class token
-        return self.multi_modal_projector(features)
+        return features
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[images, C, H, W] -> projected patch features [images, tokens, hidden]."""
+        return self.multi_modal_projector(self.vision_features(pixel_values))
 
     def encode(self, modality: str, items: list[MultiModalItem]) -> list[torch.Tensor]:
         return list(self.image_features(self.item_tensor(items, "pixel_values")))
@@ -88,7 +92,12 @@ class LlavaNextForConditionalGeneration(LlavaForConditionalGeneration):
         rows, cols = get_anyres_image_grid_shape(image_size, self.config.image_grid_pinpoints,
                                                  vision.image_size)
         grid = features[1:].view(rows, cols, side, side, -1).permute(4, 0, 2, 1, 3)
-        grid = unpad_image(grid.flatten(1, 2).flatten(2, 3), image_size)  # [hidden, H, W]
+        grid = self.resize_grid(unpad_image(grid.flatten(1, 2).flatten(2, 3), image_size))  # [hidden, H, W]
         newline = self.image_newline[:, None, None].expand(*grid.shape[:-1], 1)
         grid = torch.cat((grid, newline), dim=-1).flatten(1, 2).transpose(0, 1)
         return torch.cat((features[0], grid))
+
+    def resize_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        """The unpadded tile grid [hidden, H, W] as packed: LLaVA-NeXT keeps it whole
+        (LLaVA-OneVision caps its area)."""
+        return grid
