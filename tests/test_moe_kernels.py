@@ -109,6 +109,7 @@ def group_grouped_gemm() -> None:
                    "num_stages": 1}
     cases = [  # (tokens, experts, top_k, hidden, inter): a decode row, uneven loads, k=3
         (1, 4, 2, 32, 48), (19, 8, 2, 64, 40), (40, 6, 3, 48, 24)]
+    # No bfloat16: the interpreter's tl.dot mishandles it (a plain 16x16 bf16 dot is off by 1e10).
     for dtype in (torch.float32, torch.float16):
         for shape in cases:
             inputs = make_experts(*shape, dtype=dtype, skip_expert=2)
