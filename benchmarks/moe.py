@@ -67,28 +67,56 @@ def greedy_agreement(hf, llm, vocab: int, device: torch.device, prompts: int = 4
     return f"{same}/{prompts} identical over {new} tokens, mean common prefix {prefix / prompts:.1f}"
 
 
+def first_moe(llm):
+    return next(m for m in llm.engine.runner.model.modules() if type(m).__name__ == "SparseMoE")
+
+
+def routed_inputs(moe, tokens: int, device: torch.device, dtype: torch.dtype):
+    """Random hidden states for `moe` and a softmax top-k routing of them."""
+    x = torch.randn(tokens, moe.experts.gate_up_proj.weight.shape[-1], device=device, dtype=dtype)
+    logits = torch.randn(tokens, moe.moe.num_experts, device=device)
+    weights, ids = logits.softmax(-1).topk(moe.moe.top_k, dim=-1)
+    return x, moe.experts.gate_up_proj.weight, moe.experts.down_proj.weight, weights, ids
+
+
+def kernel_check(llm, device: torch.device, dtype: torch.dtype) -> str:
+    """The Triton grouped GEMM against the torch reference on this GPU, in the model dtype
+    (the CPU tests cannot check bfloat16): max |difference| / max |reference|."""
+    from intarsia.kernels import moe_reference, triton_moe
+
+    errors = []
+    for tokens in (1, 64, 1024):
+        inputs = routed_inputs(first_moe(llm), tokens, device, dtype)
+        want = moe_reference.fused_experts(*inputs).float()
+        got = triton_moe.fused_experts(*inputs).float()
+        errors.append(f"{tokens} tokens {((got - want).abs().max() / want.abs().max()).item():.1e}")
+    return ", ".join(errors)
+
+
 def sweep(llm, device: torch.device, dtype: torch.dtype,
           token_counts: tuple[int, ...] = (1, 16, 64, 256, 1024, 4096), reps: int = 20) -> None:
     """One MoE layer's expert computation (the model's own weights and routing shape)
     per token count and tile configuration, in microseconds."""
-    from intarsia.kernels import triton_moe
+    from intarsia.kernels import moe_reference, triton_moe
 
-    moe = next(m for m in llm.engine.runner.model.modules() if type(m).__name__ == "SparseMoE")
+    moe = first_moe(llm)
     w_gate_up, w_down = moe.experts.gate_up_proj.weight, moe.experts.down_proj.weight
     num_experts, top_k = moe.moe.num_experts, moe.moe.top_k
     hidden = w_gate_up.shape[-1]
     print(f"\ngrouped-GEMM sweep: {num_experts} experts, top-{top_k}, hidden {hidden}, "
-          f"inter {w_down.shape[-1]} (us per call; * = default_config)")
-    print(f"{'tokens':>8}  " + "  ".join(f"{'cfg' + str(i):>8}" for i in range(len(SWEEP_CONFIGS))))
+          f"inter {w_down.shape[-1]} (us per call; * = default_config; torch = the reference loop)")
+    for i, config in enumerate(SWEEP_CONFIGS):
+        print(f"  cfg{i}: {config}")
+    names = ["torch"] + [f"cfg{i}" for i in range(len(SWEEP_CONFIGS))]
+    print(f"{'tokens':>8}  " + "  ".join(f"{name:>8}" for name in names))
     for tokens in token_counts:
-        x = torch.randn(tokens, hidden, device=device, dtype=dtype)
-        weights, ids = torch.randn(tokens, num_experts, device=device).softmax(-1).topk(top_k, dim=-1)
+        inputs = routed_inputs(moe, tokens, device, dtype)
         default = triton_moe.default_config(tokens * top_k, num_experts)
-        cells = []
+        reference = time_call(functools.partial(moe_reference.fused_experts, *inputs), device, reps)
+        cells = [f"{reference * 1e6:>8.0f}"]
         for config in SWEEP_CONFIGS:
             try:
-                call = functools.partial(triton_moe.fused_experts, x, w_gate_up, w_down, weights, ids,
-                                         "silu", config)
+                call = functools.partial(triton_moe.fused_experts, *inputs, "silu", config)
                 micros = time_call(call, device, reps) * 1e6
                 cells.append(f"{micros:>7.0f}{'*' if config == default else ' '}")
             except Exception as e:  # a tile that does not fit this GPU's shared memory
@@ -132,6 +160,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {name}; Mixtral-shaped, {args.layers} layers, {dtype}; "
           f"weights {weight_bytes / 1e9:.2f} GB")
+    if device.type == "cuda":
+        print(f"grouped GEMM vs torch reference ({dtype}): {kernel_check(llm, device, dtype)}")
     if not args.skip_hf:
         print(f"greedy agreement with transformers: {greedy_agreement(hf, llm, config.vocab_size, device)}")
 
