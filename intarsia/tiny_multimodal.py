@@ -208,3 +208,54 @@ def save_tiny_llava_onevision(path: str | Path, seed: int = 0, tile: int = 28, p
     path = save_tiny_model(config, path, seed, tokenizer, model_cls=AutoModelForImageTextToText)
     processor.save_pretrained(path)
     return Path(path)
+
+
+def save_tiny_paligemma(path: str | Path, seed: int = 0, image_size: int = 28, patch_size: int = 7) -> Path:
+    """PaliGemma shape: SigLIP tower, linear projector, Gemma decoder, prefix-LM over the
+    prompt; `(image_size / patch_size)^2` tokens per image."""
+    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaProcessor, SiglipImageProcessor
+
+    tokenizer = train_tokenizer(special_tokens=["<image>"])
+    text = {**TEXT, "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh"}
+    config = PaliGemmaConfig(
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": image_size,
+                       "patch_size": patch_size, "vision_use_head": False},
+        text_config=GemmaConfig(**text).to_dict(), projection_dim=TEXT["hidden_size"],
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    num_tokens = (image_size // patch_size) ** 2
+    processor = PaliGemmaProcessor(
+        image_processor=SiglipImageProcessor(size={"height": image_size, "width": image_size},
+                                             image_seq_length=num_tokens),
+        tokenizer=tokenizer)
+    path = save_tiny_model(config, path, seed, tokenizer, model_cls=AutoModelForImageTextToText)
+    processor.save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny_qwen2_audio(path: str | Path, seed: int = 0, window_s: int = 1) -> Path:
+    """Qwen2-Audio shape: Whisper encoder over 16 mel bins, clips padded to `window_s`
+    seconds (100 frames a second, 50 positions a second after the conv), pairs of
+    frames pooled; Qwen2 decoder. A clip of s seconds gets about 25 * s tokens."""
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        Qwen2AudioConfig,
+        Qwen2AudioProcessor,
+        Qwen2Config,
+        WhisperFeatureExtractor,
+    )
+
+    specials = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+    tokenizer = train_tokenizer(special_tokens=specials)
+    config = Qwen2AudioConfig(
+        audio_config={"model_type": "qwen2_audio_encoder", "d_model": 32, "encoder_layers": 2,
+                      "encoder_attention_heads": 4, "encoder_ffn_dim": 64, "num_mel_bins": 16,
+                      "max_source_positions": 50 * window_s},
+        text_config=Qwen2Config(**TEXT).to_dict(),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+    processor = Qwen2AudioProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=16, chunk_length=window_s),
+        tokenizer=tokenizer, chat_template=chat_template({"audio": "".join(specials)}))
+    path = save_tiny_model(config, path, seed, tokenizer, model_cls=AutoModelForSeq2SeqLM)
+    processor.save_pretrained(path)
+    return Path(path)

@@ -21,6 +21,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from intarsia import LLM, SamplingParams
 
 HF_MEDIA_ARGS = {"image": "images", "video": "videos", "audio": "audio"}
+GENERATED_PAD = {"attention_mask": 1, "token_type_ids": 1}  # per-token inputs of generated tokens
 
 
 @dataclass
@@ -51,7 +52,8 @@ def hf_inputs(processor, case: Case) -> dict[str, torch.Tensor]:
 def hf_mm_greedy(model, inputs: dict[str, torch.Tensor], max_new_tokens: int
                  ) -> tuple[list[int], torch.Tensor]:
     """Greedy tokens and per-step log-softmax, a full forward over the sequence each
-    step; per-token inputs (e.g. `mm_token_type_ids`) are extended with text (0)."""
+    step; per-token inputs (e.g. `mm_token_type_ids`) are extended with text (0), and
+    `token_type_ids` with 1: generated tokens are a prefix-LM's causal suffix (PaliGemma)."""
     ids = inputs["input_ids"][0].tolist()
     prompt_len = len(ids)
     per_token = {k for k, v in inputs.items()
@@ -60,7 +62,7 @@ def hf_mm_greedy(model, inputs: dict[str, torch.Tensor], max_new_tokens: int
     with torch.no_grad():
         for _ in range(max_new_tokens):
             grown = len(ids) - prompt_len
-            kwargs = {k: (torch.nn.functional.pad(v, (0, grown), value=1 if k == "attention_mask" else 0)
+            kwargs = {k: (torch.nn.functional.pad(v, (0, grown), value=GENERATED_PAD.get(k, 0))
                           if k in per_token else v) for k, v in inputs.items() if k != "input_ids"}
             logits = model(input_ids=torch.tensor([ids]), **kwargs).logits[0, -1].float()
             rows.append(torch.log_softmax(logits, dim=-1))
@@ -76,13 +78,14 @@ def generate_cases(llm: LLM, cases: list[Case], max_new_tokens: int, **kwargs):
 
 def assert_mm_matches_hf(path: Path, cases: list[Case], max_new_tokens: int = 8, atol: float = 1e-3,
                          model_cls=AutoModelForImageTextToText,
-                         engine_variants: list[dict] | None = None) -> LLM:
+                         engine_variants: list[dict] | None = None, inputs_of=hf_inputs) -> LLM:
     """Check intarsia == transformers on `cases` for each engine variant (by default:
     prefix caching on; then off with a token budget of 8, so that chunked prefill
-    splits items, where each item must be encoded exactly once). Returns the last LLM."""
+    splits items, where each item must be encoded exactly once). `inputs_of(processor, case)`
+    gives transformers' inputs of a case. Returns the last LLM."""
     processor = AutoProcessor.from_pretrained(path)
     hf = model_cls.from_pretrained(path, dtype=torch.float32).eval()
-    inputs = [hf_inputs(processor, case) for case in cases]
+    inputs = [inputs_of(processor, case) for case in cases]
     references = [hf_mm_greedy(hf, x, max_new_tokens) for x in inputs]
     variants = engine_variants or [{}, {"enable_prefix_caching": False, "max_num_batched_tokens": 8}]
     llm = None

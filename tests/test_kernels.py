@@ -86,6 +86,19 @@ def make_batch(
     return q, k_cache, v_cache, meta
 
 
+def with_prefixes(meta: AttentionMetadata, prefix_lens: list[int]) -> AttentionMetadata:
+    """`meta` with bidirectional prefixes (prefix-LM attention, PaliGemma)."""
+    meta.prefix_lens = torch.tensor(prefix_lens, dtype=torch.int32)
+    meta.prefix_lens_cpu = list(prefix_lens)
+    return meta
+
+
+# Prefix-LM batches (seq_lens, q_lens, prefix_lens): a whole prompt that is all prefix,
+# a chunk over a cached part of its prefix ending past it, a decode row after a
+# prefix, a sequence without one, and a prefix longer than one prefill tile (BLOCK_M).
+PREFIX_BATCH = ([37, 60, 41, 30, 90], [37, 30, 1, 12, 90], [37, 45, 40, 0, 75])
+
+
 def alibi(num_heads: int) -> torch.Tensor:
     return torch.rand(num_heads) * 0.5
 
@@ -117,6 +130,7 @@ def dense_oracle(q, k_cache, v_cache, meta, scale, sliding_window=None, softcap=
         k = torch.stack([k_cache[p, t % block_size] for t, p in enumerate(pages)]).double()
         v = torch.stack([v_cache[p, t % block_size] for t, p in enumerate(pages)]).double()
         k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)  # [n, H, D]
+        prefix = meta.prefix_lens_cpu[i] if meta.prefix_lens_cpu is not None else 0
         for row in range(start, end):
             q_pos = n - (end - row)
             s = torch.einsum("hd,nhd->hn", q[row].double(), k) * scale
@@ -128,6 +142,8 @@ def dense_oracle(q, k_cache, v_cache, meta, scale, sliding_window=None, softcap=
             allowed = rel <= 0
             if sliding_window is not None:
                 allowed &= rel > -sliding_window
+            if q_pos < prefix:
+                allowed |= torch.arange(n) < prefix
             s = s.masked_fill(~allowed, float("-inf"))
             out[row] = torch.einsum("hn,nhd->hd", torch.softmax(s, -1), v)
     return out.to(q.dtype)
@@ -161,6 +177,17 @@ def test_reference_attention_matches_dense_oracle(options, num_heads, num_kv_hea
     opts = attention_options(options, num_heads)
     got = ref.paged_attention(q, kc, vc, meta, 0.3, **opts)
     assert_close(got, dense_oracle(q, kc, vc, meta, 0.3, **opts), "reference attention")
+
+
+@pytest.mark.parametrize("options", ATTENTION_OPTIONS[:2] + ATTENTION_OPTIONS[-1:], ids=str)
+def test_reference_prefix_attention_matches_dense_oracle(options):
+    seed_everything()
+    seq_lens, q_lens, prefix_lens = PREFIX_BATCH
+    q, kc, vc, meta = make_batch(seq_lens, q_lens, 4, 2, 8, torch.float64, block_size=8)
+    with_prefixes(meta, prefix_lens)
+    opts = attention_options(options, 4)
+    got = ref.paged_attention(q, kc, vc, meta, 0.3, **opts)
+    assert_close(got, dense_oracle(q, kc, vc, meta, 0.3, **opts), "reference prefix attention")
 
 
 def test_reference_write_kv_cache_skips_negative_slots():
@@ -265,6 +292,18 @@ def group_prefill() -> None:
             what = f"prefill H={num_heads} Hkv={num_kv_heads} D={head_dim} {dtype} {options}"
             assert_close(ta.paged_attention(q, kc, vc, meta, 0.2, **opts), want, what)
         got = ta.paged_prefill(q, kc, vc, meta, 0.2, **opts, block_m=16, block_n=32)
+        assert_close(got, want, f"{what} small tiles")
+
+    # Prefix-LM attention: bidirectional within each sequence's prefix.
+    seq_lens, q_lens, prefix_lens = PREFIX_BATCH
+    for options, dtype in zip((ATTENTION_OPTIONS[0], ATTENTION_OPTIONS[-1]), DTYPES, strict=True):
+        q, kc, vc, meta = make_batch(seq_lens, q_lens, 4, 2, 32, dtype)
+        with_prefixes(meta, prefix_lens)
+        opts = attention_options(options, 4)
+        want = ref.paged_attention(q, kc, vc, meta, 0.2, **opts)
+        what = f"prefix-LM prefill {dtype} {options}"
+        assert_close(ta.paged_attention(q, kc, vc, meta, 0.2, **opts), want, what)
+        got = ta.paged_prefill(q, kc, vc, meta, 0.2, **opts, block_m=16, block_n=16)
         assert_close(got, want, f"{what} small tiles")
 
     # End to end: write the new tokens' K/V through the slot mapping, then attend.

@@ -58,6 +58,7 @@ class ModelRunner:
         self.model = model if model is not None else build_model(config)
         self.encoders = (EncoderRunner(self.model, self.device, config.dtype)
                          if config.entry.multimodal else None)
+        self.prefix_lm = getattr(self.model, "prefix_lm", False)  # bidirectional prompt prefixes
         args = self.model.args if hasattr(self.model, "args") else None
         self.num_layers = args.num_layers
         self.kv_shape = (args.num_kv_heads, args.head_dim)
@@ -174,6 +175,9 @@ class ModelRunner:
             max_seq_len=max(seq_lens), query_start_loc_cpu=starts, seq_lens_cpu=seq_lens)
         batch = StepBatch(dev(input_ids, torch.int64), dev(positions, torch.int64), attn,
                           dev(sample_rows, torch.int64), sample_seqs, prompt_rows, pool_rows)
+        if self.prefix_lm:
+            prefix_lens = [item.seq.prefix_len for item in scheduled]
+            attn.prefix_lens, attn.prefix_lens_cpu = dev(prefix_lens, torch.int32), prefix_lens
         if self.encoders is not None:  # multimodal: encoder inlays and M-RoPE positions
             batch.inlays = self.encoders.plan(scheduled, starts) or None
             if self.encoders.uses_mrope:

@@ -70,6 +70,13 @@ class Scheduler:
                                or (pooling is not None and pooling.needs_whole_prompt))
             hits = [] if reads_every_row else self.block_manager.prefix_hits(seq)
             num_new = min(seq.num_tokens - len(hits) * self.block_manager.block_size, budget)
+            # A bidirectional prefix (prefix-LM models) is computed in one chunk: it waits for
+            # a step that starts with it, where it may exceed the token budget.
+            prefix_left = seq.prefix_len - len(hits) * self.block_manager.block_size
+            if prefix_left > num_new:
+                if scheduled:
+                    break
+                num_new = prefix_left
             if not self.block_manager.try_allocate_prompt(seq, num_new, hits):
                 break
             self.waiting.popleft()

@@ -78,6 +78,11 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
+    def prefix_len(self) -> int:
+        """Prompt tokens attended bidirectionally (a prefix-LM model's prefix), else 0."""
+        return getattr(self.request.mm_inputs, "prefix_len", 0)
+
+    @property
     def is_prefill_done(self) -> bool:
         return self.num_computed_tokens >= self.num_prompt_tokens
 
@@ -86,16 +91,27 @@ class Sequence:
 
         Each hash covers the block's token ids, its parent's hash, and the
         multimodal item hashes overlapping it, so equal text next to different
-        images never shares a block.
+        images never shares a block. In a bidirectional prefix every token's KV depends
+        on the whole prefix, so such a chain starts from a hash of the whole prefix.
         """
         bs = self.block_size
         mm = self.request.mm_inputs
         for i in range(len(self.block_hashes), self.num_tokens // bs):
             digest = hashlib.blake2b(digest_size=16)
-            digest.update(self.block_hashes[-1] if self.block_hashes else b"root")
+            digest.update(self.block_hashes[-1] if self.block_hashes else self._root_hash())
             digest.update(array("q", self.token_ids[i * bs:(i + 1) * bs]).tobytes())
             if mm is not None:
                 for item_hash in mm.hashes_in_range(i * bs, (i + 1) * bs):
                     digest.update(item_hash)
             self.block_hashes.append(digest.digest())
         return self.block_hashes
+
+    def _root_hash(self) -> bytes:
+        prefix = self.prefix_len
+        if not prefix:
+            return b"root"
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(array("q", self.token_ids[:prefix]).tobytes())
+        for item_hash in self.request.mm_inputs.hashes_in_range(0, prefix):
+            digest.update(item_hash)
+        return digest.digest()

@@ -27,6 +27,11 @@ class AttentionMetadata:
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
     graph_size: int | None = None  # set when the step's inputs sit in a CUDA graph's buffers
+    # Prefix-LM models (PaliGemma): keys at positions < prefix_lens[i] are visible to the
+    # queries of sequence i at positions < prefix_lens[i] as well (bidirectional prefix).
+    # None for every other model; the scheduler computes a prefix in one chunk.
+    prefix_lens: torch.Tensor | None = None  # [batch] int32
+    prefix_lens_cpu: list[int] | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -38,11 +38,13 @@ def _attend(
     sliding_window: int | None,
     softcap: float | None,
     alibi_slopes: torch.Tensor | None,
+    prefix_len: int = 0,
 ) -> torch.Tensor:
     """Masked attention for `n` sequences padded to common lengths.
 
     q: [n, ql, H, D]; k, v: [n, L, Hkv, D]; q_pos: [n, ql] absolute positions;
-    kv_len: [n] valid keys. Returns [n, ql, H, D].
+    kv_len: [n] valid keys; positions below `prefix_len` see each other both ways.
+    Returns [n, ql, H, D].
     """
     n, ql, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
@@ -59,6 +61,8 @@ def _attend(
     allowed = (rel <= 0) & (kv_pos[None, None, :] < kv_len[:, None, None])
     if sliding_window is not None:
         allowed &= rel > -sliding_window
+    if prefix_len:
+        allowed |= (kv_pos[None, None, :] < prefix_len) & (q_pos[:, :, None] < prefix_len)
     scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("nhgql,nlhd->nqhgd", probs, v.float())
@@ -89,7 +93,9 @@ def paged_attention(
     """Causal attention of the new query rows over each sequence's paged context.
 
     q: [num_tokens, num_heads, head_dim] -> same shape. Handles decode rows and
-    prefill chunks over a cached prefix in one call.
+    prefill chunks over a cached prefix in one call. With `meta.prefix_lens`, the
+    tokens of each sequence's prefix attend to each other bidirectionally (one-token
+    queries are never inside a prefix they do not end, so decode rows stay causal).
     """
     out = torch.empty_like(q)
     starts, seq_lens = meta.query_start_loc_cpu, meta.seq_lens_cpu
@@ -112,7 +118,8 @@ def paged_attention(
         q_pos = torch.arange(length - (end - start), length, device=q.device)[None]
         kv_len = torch.tensor([length], device=q.device)
         k, v = _gather_kv(k_cache, table, length), _gather_kv(v_cache, table, length)
-        out[start:end] = _attend(q[None, start:end], k, v, q_pos, kv_len, *options)[0]
+        prefix_len = min(meta.prefix_lens_cpu[i], length) if meta.prefix_lens_cpu is not None else 0
+        out[start:end] = _attend(q[None, start:end], k, v, q_pos, kv_len, *options, prefix_len)[0]
     return out
 
 

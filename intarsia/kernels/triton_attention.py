@@ -318,7 +318,7 @@ def paged_decode(
 @triton.jit
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
-    seq_lens_ptr, block_tables_ptr, query_start_ptr, alibi_ptr,
+    seq_lens_ptr, block_tables_ptr, query_start_ptr, alibi_ptr, prefix_lens_ptr,
     scale, softcap, window,
     stride_qt, stride_qh, stride_qd,
     stride_ot, stride_oh, stride_od,
@@ -328,7 +328,7 @@ def _prefill_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    USE_PREFIX: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Heads vary fastest so the programs of one GQA group run together and share K/V in L2.
     head = tl.program_id(0)
@@ -358,6 +358,12 @@ def _prefill_kernel(
         lo = 0
         if USE_WINDOW:
             lo = tl.maximum(first_pos + tile * BLOCK_M - window + 1, 0) // BLOCK_N * BLOCK_N
+        prefix_len = 0
+        if USE_PREFIX:  # a tile with rows inside the bidirectional prefix sees all of it
+            prefix_len = tl.minimum(tl.load(prefix_lens_ptr + seq), seq_len)
+            in_prefix = first_pos + tile * BLOCK_M < prefix_len
+            hi = tl.where(in_prefix, tl.maximum(hi, prefix_len), hi)
+            lo = tl.where(in_prefix, 0, lo)
         m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
@@ -375,6 +381,8 @@ def _prefill_kernel(
             allowed = (rel <= 0) & n_mask[None, :]
             if USE_WINDOW:
                 allowed &= rel > -window
+            if USE_PREFIX:
+                allowed |= (n[None, :] < prefix_len) & (q_pos[:, None] < prefix_len)
             s = tl.where(allowed, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp2(s - m_new[:, None])
@@ -403,7 +411,8 @@ def paged_prefill(
     num_warps: int = 4,
     num_stages: int = 2,
 ) -> torch.Tensor:
-    """Any number of query rows per sequence (the last rows of its context), causal."""
+    """Any number of query rows per sequence (the last rows of its context), causal
+    except within each sequence's `meta.prefix_lens` prefix, which is bidirectional."""
     _, num_heads, head_dim = q.shape
     out = torch.empty_like(q)
     grid = (num_heads, triton.cdiv(meta.max_query_len, block_m), meta.num_seqs)
@@ -411,6 +420,7 @@ def paged_prefill(
         q, k_cache, v_cache, out,
         meta.seq_lens, meta.block_tables, meta.query_start_loc,
         alibi_slopes if alibi_slopes is not None else q,
+        meta.prefix_lens if meta.prefix_lens is not None else meta.seq_lens,
         scale, softcap or 1.0, sliding_window or 0,
         *q.stride(), *out.stride(), *k_cache.stride(), *v_cache.stride(),
         meta.block_tables.stride(0),
@@ -418,8 +428,8 @@ def paged_prefill(
         HEAD_DIM_PAD=_pow2(head_dim, 16), PAGE=k_cache.shape[1],
         BLOCK_M=block_m, BLOCK_N=block_n,
         USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
-        USE_ALIBI=alibi_slopes is not None, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        USE_ALIBI=alibi_slopes is not None, USE_PREFIX=meta.prefix_lens is not None,
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )
     return out
 

@@ -59,6 +59,7 @@ class MultiModalInputs:
     items: list[MultiModalItem]  # in prompt order, non-overlapping
     mrope_positions: torch.Tensor | None = None  # [3, prompt_len] for M-RoPE models
     mrope_delta: int = 0  # position of generated token i is i + delta (all three rows)
+    prefix_len: int = 0  # prefix-LM models: tokens [0, prefix_len) attend to each other both ways
 
     def items_in_range(self, start: int, end: int) -> list[MultiModalItem]:
         return [item for item in self.items if item.offset < end and item.end > start]
