@@ -47,6 +47,7 @@ class DbrxForCausalLM(CausalLM):
             config.rope_parameters = {**config.rope_parameters, "rope_theta": theta}
         moe = MoEArgs(num_experts=ffn.moe_num_experts, top_k=ffn.moe_top_k,
                       intermediate_size=ffn.ffn_hidden_size, topk_norm=ffn.moe_normalize_expert_weights)
+        # norm_eps: DBRX's LayerNorms keep torch's default epsilon.
         return DecoderArgs(
             vocab_size=config.vocab_size, hidden_size=config.d_model, num_layers=config.n_layers,
             num_heads=config.n_heads, num_kv_heads=attn.kv_n_heads, head_dim=head_dim,
