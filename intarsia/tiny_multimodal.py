@@ -210,18 +210,29 @@ def save_tiny_llava_onevision(path: str | Path, seed: int = 0, tile: int = 28, p
     return Path(path)
 
 
-def save_tiny_paligemma(path: str | Path, seed: int = 0, image_size: int = 28, patch_size: int = 7) -> Path:
-    """PaliGemma shape: SigLIP tower, linear projector, Gemma decoder, prefix-LM over the
-    prompt; `(image_size / patch_size)^2` tokens per image."""
-    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaProcessor, SiglipImageProcessor
+def save_tiny_paligemma(path: str | Path, seed: int = 0, image_size: int = 28, patch_size: int = 7,
+                        gemma2: bool = False) -> Path:
+    """PaliGemma shape: SigLIP tower, linear projector, Gemma decoder (PaliGemma 2: Gemma 2
+    with a sliding window of 8 on its first layer), prefix-LM over the prompt;
+    `(image_size / patch_size)^2` tokens per image."""
+    from transformers import (
+        Gemma2Config,
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+    )
 
     tokenizer = train_tokenizer(special_tokens=["<image>"])
     text = {**TEXT, "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh"}
+    text_config = GemmaConfig(**text) if not gemma2 else Gemma2Config(
+        **text, query_pre_attn_scalar=16, sliding_window=8, attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0, layer_types=["sliding_attention", "full_attention"])
     config = PaliGemmaConfig(
         vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
                        "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": image_size,
                        "patch_size": patch_size, "vision_use_head": False},
-        text_config=GemmaConfig(**text).to_dict(), projection_dim=TEXT["hidden_size"],
+        text_config=text_config.to_dict(), projection_dim=TEXT["hidden_size"],
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
     num_tokens = (image_size // patch_size) ** 2
     processor = PaliGemmaProcessor(

@@ -1,6 +1,7 @@
 """PaliGemmaForConditionalGeneration against transformers: SigLIP tower, linear
-projector, Gemma decoder and prefix-LM attention (bidirectional over image + prompt),
-with prefix caching, a token budget smaller than one prompt, and text-only prompts."""
+projector, Gemma decoder (PaliGemma 2: Gemma 2 with a sliding window) and prefix-LM
+attention (bidirectional over image + prompt), with prefix caching, a token budget
+smaller than one prompt, and text-only prompts."""
 
 import pytest
 import torch
@@ -26,7 +27,8 @@ def paligemma_inputs(processor, case: Case) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
 
 
-def test_paligemma_matches_transformers(paligemma_path):
+@pytest.mark.parametrize("gemma2", [False, True], ids=["paligemma", "paligemma2"])
+def test_paligemma_matches_transformers(tmp_path, gemma2):
     cases = [
         Case("<image>What is in this picture?", {"image": [random_image(40, 30, 0)]}),
         # two images of different sizes; then one without a placeholder (prepended)
@@ -35,7 +37,8 @@ def test_paligemma_matches_transformers(paligemma_path):
         Case("Describe the scene in one sentence.", {"image": [random_image(30, 30, 3)]}),
         Case("Hello, how are you today? The sky is blue and the grass is green."),  # text only
     ]
-    assert_mm_matches_hf(paligemma_path, cases, inputs_of=paligemma_inputs)
+    path = save_tiny_paligemma(tmp_path / "model", gemma2=gemma2)
+    assert_mm_matches_hf(path, cases, inputs_of=paligemma_inputs)
 
 
 def test_paligemma_prefix_cache_reuses_only_whole_prefixes(paligemma_path):
