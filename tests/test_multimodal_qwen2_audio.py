@@ -7,7 +7,7 @@ import pytest
 from mm_reference import Case, assert_mm_matches_hf, generate_cases
 from transformers import AutoModelForSeq2SeqLM
 
-from intarsia import LLM
+from intarsia import LLM, SamplingParams
 from intarsia.tiny_multimodal import save_tiny_qwen2_audio
 
 AUDIO = "<|audio_bos|><|AUDIO|><|audio_eos|>"
@@ -34,9 +34,10 @@ def test_qwen2_audio_matches_transformers(qwen2_audio_path):
     assert_mm_matches_hf(qwen2_audio_path, cases, model_cls=AutoModelForSeq2SeqLM)
 
 
-def test_qwen2_audio_resamples_waveform_with_rate(qwen2_audio_path):
+def test_qwen2_audio_waveform_with_rate_and_chat(qwen2_audio_path):
     """(waveform, sample_rate) at another rate is resampled to the extractor's 16 kHz; a
-    clip with no placeholder in the prompt gets one prepended."""
+    clip with no placeholder in the prompt gets one prepended; a chat audio part renders
+    to the same prompt as the explicit placeholder."""
     import librosa
 
     clip = waveform(0.5, 3, rate=8000)
@@ -46,3 +47,11 @@ def test_qwen2_audio_resamples_waveform_with_rate(qwen2_audio_path):
                                        Case(f"{AUDIO}Describe the sound.", {"audio": [resampled]})], 4)
     assert pair.prompt_token_ids == array.prompt_token_ids
     assert pair.outputs[0].token_ids == array.outputs[0].token_ids
+    params = SamplingParams(temperature=0, max_tokens=4)
+    chat, = llm.chat([{"role": "user", "content": [{"type": "audio", "audio": (clip, 8000)},
+                                                   {"type": "text", "text": "Describe the sound."}]}],
+                     params, use_tqdm=False)
+    explicit, = llm.generate(f"<|user|>{AUDIO}Describe the sound.<|end|><|assistant|>", params,
+                             audio=[resampled], use_tqdm=False)
+    assert chat.prompt_token_ids == explicit.prompt_token_ids
+    assert chat.outputs[0].token_ids == explicit.outputs[0].token_ids
