@@ -274,6 +274,13 @@ def group_decode() -> None:
     assert_close(ta.paged_attention(q, kc, vc, meta, 0.125),
                  ref.paged_attention(q, kc, vc, meta, 0.125), "decode, graph-sized grid")
 
+    # A mixed step split by the engine: three decode rows through the decode kernel,
+    # then a prefill chunk and a whole prompt through the prefill kernel.
+    q, kc, vc, meta = make_batch([30, 55, 17, 40, 9], [1, 1, 1, 12, 9], 4, 2, 64)
+    want = ref.paged_attention(q, kc, vc, meta, 0.2)
+    meta.split_decodes(3)
+    assert_close(ta.paged_attention(q, kc, vc, meta, 0.2), want, "mixed step split into parts")
+
 
 def group_prefill() -> None:
     from intarsia.kernels import triton_attention as ta

@@ -127,6 +127,8 @@ class ModelRunner:
 
     def prepare(self, scheduled: list[ScheduledSeq]) -> StepBatch:
         bs = self.config.block_size
+        # Decode rows first (stable), so a mixed step can hand them to the decode kernel.
+        scheduled = sorted(scheduled, key=lambda item: item.num_new_tokens > 1)
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -178,6 +180,10 @@ class ModelRunner:
         if self.prefix_lm:
             prefix_lens = [item.seq.prefix_len for item in scheduled]
             attn.prefix_lens, attn.prefix_lens_cpu = dev(prefix_lens, torch.int32), prefix_lens
+        elif self.device.type == "cuda" and max_query_len > 1:
+            num_decodes = next((i for i, item in enumerate(scheduled) if item.num_new_tokens > 1), 0)
+            if num_decodes:
+                attn.split_decodes(num_decodes)
         if self.encoders is not None:  # multimodal: encoder inlays and M-RoPE positions
             batch.inlays = self.encoders.plan(scheduled, starts) or None
             if self.encoders.uses_mrope:

@@ -32,6 +32,24 @@ class AttentionMetadata:
     # None for every other model; the scheduler computes a prefix in one chunk.
     prefix_lens: torch.Tensor | None = None  # [batch] int32
     prefix_lens_cpu: list[int] | None = None
+    # A mixed step whose first sequences are one-token decodes: (decode part, rest), so
+    # that the GPU runs the decode rows through the split-KV decode kernel.
+    parts: tuple[AttentionMetadata, AttentionMetadata] | None = None
+
+    def split_decodes(self, num_decodes: int) -> None:
+        """Describe the first `num_decodes` sequences (one query row each) and the rest
+        as two batches of their own, in `parts`."""
+        d, starts, lens = num_decodes, self.query_start_loc_cpu, self.seq_lens_cpu
+        decodes = AttentionMetadata(
+            slot_mapping=self.slot_mapping[:d], query_start_loc=self.query_start_loc[:d + 1],
+            seq_lens=self.seq_lens[:d], block_tables=self.block_tables[:d], max_query_len=1,
+            max_seq_len=max(lens[:d]), query_start_loc_cpu=starts[:d + 1], seq_lens_cpu=lens[:d])
+        rest = AttentionMetadata(
+            slot_mapping=self.slot_mapping[d:], query_start_loc=self.query_start_loc[d:] - d,
+            seq_lens=self.seq_lens[d:], block_tables=self.block_tables[d:],
+            max_query_len=self.max_query_len, max_seq_len=max(lens[d:]),
+            query_start_loc_cpu=[s - d for s in starts[d:]], seq_lens_cpu=lens[d:])
+        self.parts = (decodes, rest)
 
     @property
     def num_seqs(self) -> int:

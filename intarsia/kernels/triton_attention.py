@@ -452,7 +452,16 @@ def paged_attention(
     """Causal attention of the new query rows over each sequence's paged context.
 
     q: [num_tokens, num_heads, head_dim] -> same shape. Decode-only batches take
-    the split-KV decode kernel; anything else the varlen prefill kernel.
+    the split-KV decode kernel; anything else the varlen prefill kernel, except the
+    leading decode rows of a mixed step split off by `meta.split_decodes`.
     """
+    options = (scale, sliding_window, softcap, alibi_slopes)
+    if meta.parts is not None:  # mixed step: decode rows first, each part its own kernel
+        decodes, rest = meta.parts
+        d = decodes.num_seqs
+        out = torch.empty_like(q)
+        out[:d] = paged_decode(q[:d], k_cache, v_cache, decodes, *options)
+        out[d:] = paged_prefill(q[d:], k_cache, v_cache, rest, *options)
+        return out
     attend = paged_decode if meta.max_query_len == 1 else paged_prefill
-    return attend(q, k_cache, v_cache, meta, scale, sliding_window, softcap, alibi_slopes)
+    return attend(q, k_cache, v_cache, meta, *options)
