@@ -107,7 +107,7 @@ def main() -> None:
             workload = fixed_workload(n, input_len, output_len, vocab)
         else:
             workload = sharegpt_like_workload(n, vocab, mean_in=input_len, mean_out=output_len)
-        run_intarsia(llm, workload[:8])  # warm-up
+        run_intarsia(llm, workload[:64])  # warm-up: Triton compiles its kernel variants
         results = [run_intarsia(llm, workload)]
         baseline = None
         if not args.skip_hf:

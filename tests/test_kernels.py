@@ -278,7 +278,7 @@ def group_decode() -> None:
     # then a prefill chunk and a whole prompt through the prefill kernel.
     q, kc, vc, meta = make_batch([30, 55, 17, 40, 9], [1, 1, 1, 12, 9], 4, 2, 64)
     want = ref.paged_attention(q, kc, vc, meta, 0.2)
-    meta.split_decodes(3)
+    meta.split_decodes(3, 256)
     assert_close(ta.paged_attention(q, kc, vc, meta, 0.2), want, "mixed step split into parts")
 
 

@@ -183,7 +183,7 @@ class ModelRunner:
         elif self.device.type == "cuda" and max_query_len > 1:
             num_decodes = next((i for i, item in enumerate(scheduled) if item.num_new_tokens > 1), 0)
             if num_decodes:
-                attn.split_decodes(num_decodes)
+                attn.split_decodes(num_decodes, self.config.max_model_len)
         if self.encoders is not None:  # multimodal: encoder inlays and M-RoPE positions
             batch.inlays = self.encoders.plan(scheduled, starts) or None
             if self.encoders.uses_mrope:

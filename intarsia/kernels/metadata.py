@@ -36,14 +36,16 @@ class AttentionMetadata:
     # that the GPU runs the decode rows through the split-KV decode kernel.
     parts: tuple[AttentionMetadata, AttentionMetadata] | None = None
 
-    def split_decodes(self, num_decodes: int) -> None:
+    def split_decodes(self, num_decodes: int, decode_max_seq_len: int) -> None:
         """Describe the first `num_decodes` sequences (one query row each) and the rest
-        as two batches of their own, in `parts`."""
+        as two batches of their own, in `parts`. The decode part claims
+        `decode_max_seq_len` (max_model_len), the bound the CUDA graphs were captured
+        with, so it reuses their compiled kernels instead of compiling new variants."""
         d, starts, lens = num_decodes, self.query_start_loc_cpu, self.seq_lens_cpu
         decodes = AttentionMetadata(
             slot_mapping=self.slot_mapping[:d], query_start_loc=self.query_start_loc[:d + 1],
             seq_lens=self.seq_lens[:d], block_tables=self.block_tables[:d], max_query_len=1,
-            max_seq_len=max(lens[:d]), query_start_loc_cpu=starts[:d + 1], seq_lens_cpu=lens[:d])
+            max_seq_len=decode_max_seq_len, query_start_loc_cpu=starts[:d + 1], seq_lens_cpu=lens[:d])
         rest = AttentionMetadata(
             slot_mapping=self.slot_mapping[d:], query_start_loc=self.query_start_loc[d:] - d,
             seq_lens=self.seq_lens[d:], block_tables=self.block_tables[d:],
