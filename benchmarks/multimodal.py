@@ -78,27 +78,17 @@ def images(n: int, size: int, seed: int = 0) -> list[Image.Image]:
 
 
 def run_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> Timing:
-    """All requests submitted at t0; TTFT is when each request's first token exists."""
-    engine = llm.engine
+    """All requests submitted at t0 through `generate` (prompts are processed on worker
+    threads while the engine runs); TTFT is when each request's first token existed."""
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    prompts = [{"prompt": PROMPT, "multi_modal_data": {"image": picture}} for picture in pictures]
     sync(llm.config.device)
     start = time.perf_counter()
-    requests = [llm._make_request({"prompt": PROMPT, "multi_modal_data": {"image": picture}}, params, {})
-                for picture in pictures]
-    for request in requests:
-        engine.add_request(request)
-    pending = {r.request_id: r for r in requests}
-    ttft: dict[str, float] = {}
-    while engine.has_unfinished():
-        engine.step()
-        now = time.perf_counter() - start
-        for rid in [rid for rid, r in pending.items() if r.seqs[0].num_output_tokens > 0]:
-            ttft[rid] = now
-            del pending[rid]
+    outputs = llm.generate(prompts, params, use_tqdm=False)
     sync(llm.config.device)
     elapsed = time.perf_counter() - start
-    assert all(len(r.seqs[0].output_token_ids) == output_len for r in requests)
-    return Timing("intarsia", elapsed, [ttft[r.request_id] for r in requests], len(pictures))
+    assert all(len(o.outputs[0].token_ids) == output_len for o in outputs)
+    return Timing("intarsia", elapsed, [o.metrics.first_token_time - start for o in outputs], len(pictures))
 
 
 class FirstTokenClock(BaseStreamer):

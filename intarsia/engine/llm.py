@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 import warnings
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +118,7 @@ class LLM:
         self.processor = TextProcessor(self.tokenizer) if entry.processor is None else entry.processor(
             self.tokenizer, self.config.model_path, self.config.hf_config, self.config.limit_mm_per_prompt)
         self.engine = LLMEngine(self.config, self.tokenizer)
-        self._request_counter = 0
+        self._request_ids = itertools.count(1)
 
     def get_tokenizer(self) -> PreTrainedTokenizerBase | None:
         return self.tokenizer
@@ -203,23 +206,28 @@ class LLM:
     def _submit(self, prompt_list: list[PromptType], params: list, media: dict[str, list],
                 single: bool, use_tqdm: bool, pooling: PoolerConfig | None = None) -> list:
         """Make a request of each prompt and run them together; a prompt that cannot
-        become a request fails alone (ValueError for one prompt, else BatchError)."""
-        count = len(prompt_list)
-        requests: dict[int, Request] = {}
-        errors: dict[int, str] = {}
-        for i, prompt in enumerate(prompt_list):
-            try:
-                if not isinstance(params[i], SamplingParams):
-                    raise ValueError(f"sampling_params must be SamplingParams, got "
-                                     f"{type(params[i]).__name__}")
-                requests[i] = self._make_request(prompt, params[i],
-                                                 {k: v[i] for k, v in media.items()}, pooling)
-            except (ValueError, FileNotFoundError) as e:
-                errors[i] = str(e)
-        if single and errors:
-            raise ValueError(errors[0])
-        done = self._run(list(requests.values()), use_tqdm)
-        outputs = [done[requests[i].request_id] if i in requests else None for i in range(count)]
+        become a request fails alone (ValueError for one prompt, else BatchError).
+
+        Prompts are processed on worker threads (media decoding and HF processors for
+        multimodal models) and join the running batch as soon as each is ready, so
+        preprocessing overlaps the engine's steps."""
+
+        def make(i: int) -> Request:
+            if not isinstance(params[i], SamplingParams):
+                raise ValueError(f"sampling_params must be SamplingParams, got {type(params[i]).__name__}")
+            return self._make_request(prompt_list[i], params[i], {k: v[i] for k, v in media.items()},
+                                      pooling)
+
+        workers = min(8, os.cpu_count() or 1) if self.config.entry.multimodal and not single else 1
+        with ThreadPoolExecutor(workers, thread_name_prefix="intarsia-prompt") as pool:
+            futures = [pool.submit(make, i) for i in range(len(prompt_list))]
+            if single:
+                try:
+                    futures[0].result()
+                except (ValueError, FileNotFoundError) as e:
+                    raise ValueError(str(e)) from e
+            done, errors = self._run(futures, use_tqdm)
+        outputs = [done.get(i) for i in range(len(prompt_list))]
         if errors:
             raise BatchError(errors, outputs)
         return outputs
@@ -252,28 +260,40 @@ class LLM:
                     raise ValueError(f"{modality} given both as {arg}= and in multi_modal_data")
                 mm_data[modality] = media[arg]
         processed = self.processor.process(prompt, mm_data)
-        self._request_counter += 1
-        request = Request(str(self._request_counter), processed.prompt, processed.token_ids,
+        request = Request(str(next(self._request_ids)), processed.prompt, processed.token_ids,
                           params, pooling=pooling, mm_inputs=processed.mm_inputs)
         self.engine.validate_prompt(request.prompt_token_ids)
         return request
 
-    def _run(self, requests: list[Request], use_tqdm: bool) -> dict[str, RequestOutput]:
+    def _run(self, futures: list[Future], use_tqdm: bool) -> tuple[dict[int, Any], dict[int, str]]:
+        """Step the engine until every prompt's request is done; returns the outputs and
+        the errors, by prompt index."""
         engine = self.engine
-        for request in requests:
-            engine.add_request(request)
-        results: dict[str, RequestOutput] = {}
-        bar = tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm,
-                   dynamic_ncols=True)
+        results: dict[int, Any] = {}
+        errors: dict[int, str] = {}
+        index_of: dict[str, int] = {}
+        pending = dict(enumerate(futures))
+        bar = tqdm(total=len(futures), desc="Processed prompts", disable=not use_tqdm, dynamic_ncols=True)
         start, generated = time.perf_counter(), 0
-        pending = {r.request_id: r for r in requests}
-        while engine.has_unfinished():
+        while pending or engine.has_unfinished():
+            if pending and not engine.has_unfinished():
+                wait(pending.values(), return_when=FIRST_COMPLETED)
+            for i in [i for i, future in pending.items() if future.done()]:
+                try:
+                    request = pending.pop(i).result()
+                    engine.add_request(request)
+                    index_of[request.request_id] = i
+                except (ValueError, FileNotFoundError) as e:
+                    errors[i] = str(e)
+                    bar.update(1)
             for seq in engine.step():
                 request = seq.request
                 generated += seq.num_output_tokens
-                if request.finished and request.request_id in pending:
-                    results[request.request_id] = engine.request_output(pending.pop(request.request_id))
+                i = index_of.get(request.request_id)
+                if request.finished and i is not None and i not in results:
+                    request.metrics.finished_time = time.perf_counter()
+                    results[i] = engine.request_output(request)
                     bar.update(1)
                     bar.set_postfix_str(f"{generated / (time.perf_counter() - start):.1f} tok/s")
         bar.close()
-        return results
+        return results, errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -110,6 +111,9 @@ class LLMEngine:
     def _append_token(self, seq: Sequence, row: int, sampled) -> None:
         token = sampled.token_ids[row]
         seq.token_ids.append(token)
+        metrics = seq.request.metrics
+        if metrics.first_token_time is None:
+            metrics.first_token_time = time.perf_counter()
         if sampled.logprobs is not None:
             seq.cumulative_logprob += sampled.logprobs[row]
             ids, values, rank = sampled.top[row]
@@ -197,7 +201,8 @@ class LLMEngine:
                 finish_reason=seq.finish_reason, stop_reason=seq.stop_reason))
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              completions, request.prompt_logprobs,
-                             num_cached_tokens=max(seq.num_cached_tokens for seq in request.seqs))
+                             num_cached_tokens=max(seq.num_cached_tokens for seq in request.seqs),
+                             metrics=request.metrics)
 
     def _pooling_output(self, request: Request) -> PoolingRequestOutput:
         data = request.pooled

@@ -118,7 +118,8 @@ class ModelRunner:
         ids = torch.zeros(tokens, dtype=torch.int64, device=self.device)
         positions = torch.cat([torch.arange(n, device=self.device) for n in lens])
         hidden = self._run_model(ids, positions, ctx)
-        self.model.compute_logits(hidden[:min(c.max_num_seqs, tokens)])
+        if getattr(self.model, "has_lm_head", True):  # pooling models have no logits
+            self.model.compute_logits(hidden[:min(c.max_num_seqs, tokens)])
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - scratch.numel() * scratch.element_size()
         del scratch, ctx, hidden

@@ -26,6 +26,16 @@ class CompletionOutput:
 
 
 @dataclass
+class RequestMetrics:
+    """`time.perf_counter()` stamps: when the request was made (its prompt processed),
+    when its first output token existed, and when it finished."""
+
+    arrival_time: float
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+
+@dataclass
 class RequestOutput:
     request_id: str
     prompt: str | None
@@ -34,6 +44,7 @@ class RequestOutput:
     prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     finished: bool = True
     num_cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    metrics: RequestMetrics | None = None
 
 
 @dataclass

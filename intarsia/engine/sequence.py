@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import time
 from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from intarsia.engine.outputs import Logprob
+from intarsia.engine.outputs import Logprob, RequestMetrics
 from intarsia.engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Request:
     seqs: list[Sequence] = field(default_factory=list)
     prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     pooled: torch.Tensor | None = None
+    metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.perf_counter()))
 
     @property
     def finished(self) -> bool:
