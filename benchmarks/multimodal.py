@@ -13,7 +13,9 @@ encoder once per image) and transformers (static left-padded batches through
 from __future__ import annotations
 
 import argparse
+import cProfile
 import math
+import pstats
 import tempfile
 import time
 from dataclasses import dataclass
@@ -124,6 +126,17 @@ def run_hf(hf, processor, pictures: list[Image.Image], output_len: int, batch_si
     return Timing("transformers generate", time.perf_counter() - start, ttft, len(pictures))
 
 
+def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> None:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    timing = run_intarsia(llm, pictures, output_len)
+    profiler.disable()
+    print(f"intarsia {timing.seconds:.2f} s, mean TTFT {sum(timing.ttft) / len(timing.ttft):.3f} s, "
+          f"first TTFT {min(timing.ttft):.3f} s, last {max(timing.ttft):.3f} s")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,6 +145,8 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=None, help="default 64 (8 with --tiny)")
     parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--hf-batch-size", type=int, default=32)
+    parser.add_argument("--profile", action="store_true",
+                        help="intarsia only, under cProfile (the engine thread), printing where time goes")
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
@@ -142,6 +157,9 @@ def main() -> None:
     run_intarsia(llm, warm, 2)
     run_hf(hf, processor, warm, 2, args.hf_batch_size)
     pictures = images(n, args.image_size)
+    if args.profile:
+        profile_intarsia(llm, pictures, output_len)
+        return
     tokens = len(processor(text=[PROMPT], images=pictures[:1])["input_ids"][0])
     results = [run_intarsia(llm, pictures, output_len),
                run_hf(hf, processor, pictures, output_len, args.hf_batch_size)]
