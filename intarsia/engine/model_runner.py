@@ -71,6 +71,8 @@ class ModelRunner:
         self.kv_cache = torch.zeros(shape, dtype=config.dtype, device=self.device)
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(self.num_layers)]
         self.graphs = None
+        if self.device.type == "cuda":
+            self._compile_kernel_variants()
         if self.device.type == "cuda" and not config.enforce_eager and os.environ.get(
                 "INTARSIA_KERNELS") != "torch":  # the torch reference reads host lists: no graphs
             self.graphs = DecodeGraphs(self._run_model, self.kv_caches, config.max_num_seqs,
@@ -190,6 +192,42 @@ class ModelRunner:
             if self.encoders.uses_mrope:
                 batch.positions = self.encoders.positions(scheduled)
         return batch
+
+    @torch.inference_mode()
+    def _compile_kernel_variants(self) -> None:
+        """Run a few throw-away steps of the shapes serving meets (odd and aligned token
+        counts, chunks over a cached prefix, a mixed step split into decode and prefill
+        parts), so that Triton compiles its kernel variants now and not mid-run, where
+        each costs seconds. Nothing is written to the cache (slots are -1)."""
+        c = self.config
+        mrope = self.encoders is not None and self.encoders.uses_mrope
+        for seq_lens, q_lens in (([17], [17]), ([32], [32]), ([40, 23], [8, 23]),
+                                 ([30, 30, 30, 50], [1, 1, 1, 17])):
+            if max(seq_lens) > c.max_model_len:
+                continue
+            starts = [0]
+            for n in q_lens:
+                starts.append(starts[-1] + n)
+            blocks = -(-max(seq_lens) // c.block_size)
+            tokens = starts[-1]
+            meta = AttentionMetadata(
+                slot_mapping=torch.full((tokens,), -1, dtype=torch.int64, device=self.device),
+                query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
+                seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=self.device),
+                block_tables=torch.zeros(len(seq_lens), blocks, dtype=torch.int32, device=self.device),
+                max_query_len=max(q_lens), max_seq_len=max(seq_lens), query_start_loc_cpu=starts,
+                seq_lens_cpu=list(seq_lens))
+            if q_lens[0] == 1 and not self.prefix_lm:
+                meta.split_decodes(q_lens.count(1), c.max_model_len)
+            positions = torch.cat([torch.arange(n - q, n, device=self.device)
+                                   for n, q in zip(seq_lens, q_lens, strict=True)])
+            if mrope:
+                positions = positions.expand(3, -1).contiguous()
+            ids = torch.zeros(tokens, dtype=torch.int64, device=self.device)
+            hidden = self._run_model(ids, positions, ForwardContext(meta, self.kv_caches))
+            if getattr(self.model, "has_lm_head", True):
+                self.model.compute_logits(hidden[:1])
+        torch.cuda.synchronize(self.device)
 
     def _run_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
                    ctx: ForwardContext) -> torch.Tensor:
