@@ -227,7 +227,8 @@ class ModelRunner:
             hidden = self._run_model(ids, positions, ForwardContext(meta, self.kv_caches))
             if getattr(self.model, "has_lm_head", True):
                 self.model.compute_logits(hidden[:1])
-        torch.cuda.synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _run_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
                    ctx: ForwardContext) -> torch.Tensor:
