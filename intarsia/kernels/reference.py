@@ -49,20 +49,26 @@ def _attend(
     n, ql, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
     group = num_heads // num_kv_heads
-    qg = q.float().view(n, ql, num_kv_heads, group, head_dim)
-    scores = torch.einsum("nqhgd,nlhd->nhgql", qg, k.float()) * scale
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
     kv_pos = torch.arange(k.shape[1], device=q.device)
     rel = kv_pos[None, None, :] - q_pos[:, :, None]  # [n, ql, L]: key minus query position
-    if alibi_slopes is not None:
-        slopes = alibi_slopes.float().view(1, num_kv_heads, group, 1, 1)
-        scores = scores + slopes * rel[:, None, None].float()
     allowed = (rel <= 0) & (kv_pos[None, None, :] < kv_len[:, None, None])
     if sliding_window is not None:
         allowed &= rel > -sliding_window
     if prefix_len:
         allowed |= (kv_pos[None, None, :] < prefix_len) & (q_pos[:, :, None] < prefix_len)
+    if softcap is None and alibi_slopes is None:
+        # Plain masked softmax: torch's fused kernel, several times faster on the CPU.
+        qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=allowed[:, None], scale=scale,
+                                             enable_gqa=group > 1)
+        return out.transpose(1, 2).to(q.dtype)
+    qg = q.float().view(n, ql, num_kv_heads, group, head_dim)
+    scores = torch.einsum("nqhgd,nlhd->nhgql", qg, k.float()) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.float().view(1, num_kv_heads, group, 1, 1)
+        scores = scores + slopes * rel[:, None, None].float()
     scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("nhgql,nlhd->nqhgd", probs, v.float())
