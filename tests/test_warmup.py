@@ -18,7 +18,7 @@ BUILDERS = {
     "paligemma (prefix-LM)": save_tiny_paligemma,
     "mistral embedder": lambda p: save_tiny_model(
         MistralConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, architectures=["MistralModel"]),
+                      num_attention_heads=4, num_key_value_heads=2),
         p, model_cls=AutoModel),
     "deepseek_v2 (latent attention)": lambda p: save_tiny_model(DeepseekV2Config(
         vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
