@@ -1,5 +1,8 @@
 """Qwen2-VL against transformers: dynamic resolution, two images of different sizes,
-video, M-RoPE, mixed text-only prompts, precomputed embeddings, processor kwargs."""
+video, M-RoPE, mixed text-only prompts, precomputed embeddings, processor kwargs.
+
+Architectures: Qwen2VLForConditionalGeneration.
+"""
 
 import pytest
 import torch
