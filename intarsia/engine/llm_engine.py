@@ -122,18 +122,20 @@ class LLMEngine:
 
     def _check_stop(self, seq: Sequence, token: int) -> None:
         p = seq.params
-        if seq.num_output_tokens >= p.min_tokens:
+        num_tokens = len(seq.token_ids)
+        num_output = num_tokens - seq.num_prompt_tokens
+        if num_output >= p.min_tokens:
             if token in p.stop_token_ids:
                 seq.finish_reason, seq.stop_reason = "stop", token
             elif not p.ignore_eos and token in self.eos_token_ids:
                 seq.finish_reason = "stop"
         if seq.finish_reason is None and seq.detokenizer is not None:
             seq.detokenizer.add(token)
-            if seq.num_output_tokens >= p.min_tokens:
+            if num_output >= p.min_tokens:
                 self._check_stop_strings(seq)
         if seq.finish_reason is None:
-            max_tokens = p.max_tokens or self.config.max_model_len
-            if seq.num_output_tokens >= max_tokens or seq.num_tokens >= self.config.max_model_len:
+            max_len = self.config.max_model_len
+            if num_output >= (p.max_tokens or max_len) or num_tokens >= max_len:
                 seq.finish_reason = "length"
         if seq.finish_reason is not None:
             self.scheduler.finish(seq)

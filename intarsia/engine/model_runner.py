@@ -156,7 +156,8 @@ class ModelRunner:
                 pool_rows.append((item, starts[-1], n))
             starts.append(starts[-1] + n)
             seq_lens.append(begin + n)
-            if item.samples and seq.request.pooling is None:
+            # Sampled when this step reaches the last known token (see ScheduledSeq.samples).
+            if begin + n == len(seq.token_ids) and seq.request.pooling is None:
                 sample_rows.append(starts[-1] - 1)
                 sample_seqs.append(item)
         width = max(len(item.seq.block_table) for item in scheduled)
