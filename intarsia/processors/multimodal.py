@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,26 +94,30 @@ class ProcessedItem:
 
 class ProcessedItemCache:
     """LRU of processed items keyed by content hash (and processor kwargs), bounded in
-    bytes, so a repeated image is not decoded and preprocessed again."""
+    bytes, so a repeated image is not decoded and preprocessed again. Prompts are
+    processed on worker threads, hence the lock."""
 
     def __init__(self, max_bytes: int = 512 << 20) -> None:
         self.max_bytes, self.nbytes = max_bytes, 0
         self.entries: OrderedDict[bytes, ProcessedItem] = OrderedDict()
+        self.lock = threading.Lock()
 
     def get(self, key: bytes) -> ProcessedItem | None:
-        item = self.entries.get(key)
-        if item is not None:
-            self.entries.move_to_end(key)
-        return item
+        with self.lock:
+            item = self.entries.get(key)
+            if item is not None:
+                self.entries.move_to_end(key)
+            return item
 
     def put(self, key: bytes, item: ProcessedItem) -> None:
-        if key in self.entries or item.nbytes > self.max_bytes:
-            return
-        self.entries[key] = item
-        self.nbytes += item.nbytes
-        while self.nbytes > self.max_bytes:
-            _, evicted = self.entries.popitem(last=False)
-            self.nbytes -= evicted.nbytes
+        with self.lock:
+            if key in self.entries or item.nbytes > self.max_bytes:
+                return
+            self.entries[key] = item
+            self.nbytes += item.nbytes
+            while self.nbytes > self.max_bytes:
+                _, evicted = self.entries.popitem(last=False)
+                self.nbytes -= evicted.nbytes
 
 
 def _hash_update(digest: Any, value: Any) -> None:
