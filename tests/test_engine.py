@@ -207,3 +207,10 @@ def test_progress_bar_and_prompt_forms(llm, capsys):
     outs = llm.generate(["Hello", {"prompt": "Hello"}], GREEDY, use_tqdm=True)
     assert outs[0].outputs[0].token_ids == outs[1].outputs[0].token_ids
     assert "Processed prompts" in capsys.readouterr().err
+
+
+def test_request_metrics_are_ordered(llm):
+    outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    for out in outs:
+        m = out.metrics
+        assert m.arrival_time <= m.first_token_time <= m.finished_time
