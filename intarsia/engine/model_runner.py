@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 
@@ -104,27 +105,16 @@ class ModelRunner:
         shape = (self.num_layers, 2, blocks_per_seq * len(lens), c.block_size, *self.kv_shape)
         scratch = torch.zeros(shape, dtype=c.dtype, device=self.device)
         tables = torch.arange(shape[2], dtype=torch.int32, device=self.device).view(len(lens), -1)
-        starts = [0]
-        for n in lens:
-            starts.append(starts[-1] + n)
         # Sequence i owns the consecutive blocks of row i of `tables`.
         slots = torch.cat([torch.arange(n, device=self.device) + i * blocks_per_seq * c.block_size
                            for i, n in enumerate(lens)])
-        meta = AttentionMetadata(
-            slot_mapping=slots, query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor(lens, dtype=torch.int32, device=self.device), block_tables=tables,
-            max_query_len=max(lens), max_seq_len=max(lens), query_start_loc_cpu=starts, seq_lens_cpu=lens)
-        ctx = ForwardContext(meta, [(scratch[i, 0], scratch[i, 1]) for i in range(self.num_layers)])
+        kv_caches = [(scratch[i, 0], scratch[i, 1]) for i in range(self.num_layers)]
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        ids = torch.zeros(tokens, dtype=torch.int64, device=self.device)
-        positions = torch.cat([torch.arange(n, device=self.device) for n in lens])
-        hidden = self._run_model(ids, positions, ctx)
-        if getattr(self.model, "has_lm_head", True):  # pooling models have no logits
-            self.model.compute_logits(hidden[:min(c.max_num_seqs, tokens)])
+        self._run_dummy_step(lens, lens, slots, tables, kv_caches, num_logits=min(c.max_num_seqs, tokens))
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - scratch.numel() * scratch.element_size()
-        del scratch, ctx, hidden
+        del scratch, kv_caches
         torch.cuda.empty_cache()
         return peak
 
@@ -156,8 +146,7 @@ class ModelRunner:
                 pool_rows.append((item, starts[-1], n))
             starts.append(starts[-1] + n)
             seq_lens.append(begin + n)
-            # Sampled when this step reaches the last known token (see ScheduledSeq.samples).
-            if begin + n == len(seq.token_ids) and seq.request.pooling is None:
+            if item.samples and seq.request.pooling is None:
                 sample_rows.append(starts[-1] - 1)
                 sample_seqs.append(item)
         width = max(len(item.seq.block_table) for item in scheduled)
@@ -201,35 +190,39 @@ class ModelRunner:
         parts), so that Triton compiles its kernel variants now and not mid-run, where
         each costs seconds. Nothing is written to the cache (slots are -1)."""
         c = self.config
-        mrope = self.encoders is not None and self.encoders.uses_mrope
         for seq_lens, q_lens in (([17], [17]), ([32], [32]), ([40, 23], [8, 23]),
                                  ([30, 30, 30, 50], [1, 1, 1, 17])):
             if max(seq_lens) > c.max_model_len:
                 continue
-            starts = [0]
-            for n in q_lens:
-                starts.append(starts[-1] + n)
-            blocks = -(-max(seq_lens) // c.block_size)
-            tokens = starts[-1]
-            meta = AttentionMetadata(
-                slot_mapping=torch.full((tokens,), -1, dtype=torch.int64, device=self.device),
-                query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
-                seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=self.device),
-                block_tables=torch.zeros(len(seq_lens), blocks, dtype=torch.int32, device=self.device),
-                max_query_len=max(q_lens), max_seq_len=max(seq_lens), query_start_loc_cpu=starts,
-                seq_lens_cpu=list(seq_lens))
-            if q_lens[0] == 1 and not self.prefix_lm:
-                meta.split_decodes(q_lens.count(1), c.max_model_len)
-            positions = torch.cat([torch.arange(n - q, n, device=self.device)
-                                   for n, q in zip(seq_lens, q_lens, strict=True)])
-            if mrope:
-                positions = positions.expand(3, -1).contiguous()
-            ids = torch.zeros(tokens, dtype=torch.int64, device=self.device)
-            hidden = self._run_model(ids, positions, ForwardContext(meta, self.kv_caches))
-            if getattr(self.model, "has_lm_head", True):
-                self.model.compute_logits(hidden[:1])
+            slots = torch.full((sum(q_lens),), -1, dtype=torch.int64, device=self.device)
+            tables = torch.zeros(len(seq_lens), -(-max(seq_lens) // c.block_size), dtype=torch.int32,
+                                 device=self.device)
+            self._run_dummy_step(seq_lens, q_lens, slots, tables, self.kv_caches, num_logits=1)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _run_dummy_step(self, seq_lens: list[int], q_lens: list[int], slots: torch.Tensor,
+                        tables: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                        num_logits: int) -> None:
+        """Run the model once over a made-up batch (token ids 0): sequence i has
+        `seq_lens[i]` context tokens, the last `q_lens[i]` of them new, and a mixed step
+        (leading one-token rows) is split as `prepare` splits it."""
+        starts = [0, *itertools.accumulate(q_lens)]
+        meta = AttentionMetadata(
+            slot_mapping=slots, query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=self.device), block_tables=tables,
+            max_query_len=max(q_lens), max_seq_len=max(seq_lens), query_start_loc_cpu=starts,
+            seq_lens_cpu=list(seq_lens))
+        if q_lens[0] == 1 and max(q_lens) > 1 and not self.prefix_lm:
+            meta.split_decodes(q_lens.count(1), self.config.max_model_len)
+        positions = torch.cat([torch.arange(n - q, n, device=self.device)
+                               for n, q in zip(seq_lens, q_lens, strict=True)])
+        if self.encoders is not None and self.encoders.uses_mrope:
+            positions = positions.expand(3, -1).contiguous()
+        ids = torch.zeros(starts[-1], dtype=torch.int64, device=self.device)
+        hidden = self._run_model(ids, positions, ForwardContext(meta, kv_caches))
+        if getattr(self.model, "has_lm_head", True):  # pooling models have no logits
+            self.model.compute_logits(hidden[:num_logits])
 
     def _run_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
                    ctx: ForwardContext) -> torch.Tensor:

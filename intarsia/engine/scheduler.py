@@ -47,11 +47,10 @@ class Scheduler:
         scheduled: list[ScheduledSeq] = []
         preempted = False
         i = 0
-        block_size = self.block_manager.block_size
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = min(len(seq.token_ids) - seq.num_computed_tokens, budget)
-            if -(-(seq.num_computed_tokens + num_new) // block_size) <= len(seq.block_table):
+            if self.block_manager.blocks_needed(seq.num_computed_tokens + num_new) <= len(seq.block_table):
                 # Fits in the blocks it holds (most decode steps): nothing to allocate.
                 scheduled.append(ScheduledSeq(seq, num_new))
                 budget -= num_new
