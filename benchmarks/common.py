@@ -61,12 +61,12 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 8192) -> floa
 
 
 def build_pair(config: PretrainedConfig, device: torch.device, dtype: torch.dtype,
-               seed: int = 0, **llm_kwargs) -> tuple[torch.nn.Module, LLM]:
-    """A transformers model with random weights and an intarsia LLM holding the same
-    weights (loaded from the transformers model's state dict, no files)."""
+               seed: int = 0, model_cls=AutoModelForCausalLM, **llm_kwargs) -> tuple[torch.nn.Module, LLM]:
+    """A transformers model (`model_cls`) with random weights and an intarsia LLM holding
+    the same weights (loaded from the transformers model's state dict, no files)."""
     torch.manual_seed(seed)
     with torch.device(device):
-        hf = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+        hf = model_cls.from_config(config, dtype=dtype).eval()
     with torch.no_grad():
         for param in hf.parameters():
             if param.dim() > 1:

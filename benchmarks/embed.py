@@ -4,7 +4,7 @@
     PYTHONPATH=. python3 benchmarks/embed.py --tiny     # CPU mode: a tiny Mistral, float32
 
 Both engines hold one set of random weights (transformers' `MistralModel`, copied
-into intarsia's with `load_weights`) and embed the same random-token prompts with
+into intarsia's with `load_weights` by `common.build_pair`) and embed the same random-token prompts with
 last-token pooling and L2 normalisation (e5-mistral's recipe). transformers runs the
 usual batched forward with padding, prompts sorted by length first as
 sentence-transformers does (left padding, so the last column is every prompt's last
@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import random
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import build_pair, sync
 from transformers import AutoModel, MistralConfig
 
 from intarsia import LLM
-from intarsia.tiny_models import train_tokenizer
 
 SHAPES = {
     # intfloat/e5-mistral-7b-instruct
@@ -37,32 +35,10 @@ SHAPES = {
 }
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def random_prompts(count: int, min_len: int, max_len: int, vocab: int, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
     return [[rng.randrange(3, vocab) for _ in range(rng.randint(min_len, max_len))]
             for _ in range(count)]
-
-
-def build_pair(config: MistralConfig, device: torch.device, dtype: torch.dtype,
-               **llm_kwargs) -> tuple[torch.nn.Module, LLM]:
-    """transformers' MistralModel with random weights, and an intarsia embedder holding
-    the same weights (no checkpoint files: `load_format="dummy"`, then `load_weights`)."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = AutoModel.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
-    folder = Path(tempfile.mkdtemp(prefix="intarsia-embed-bench-"))
-    config.architectures = ["MistralModel"]
-    config.save_pretrained(folder)
-    train_tokenizer(512).save_pretrained(folder)
-    llm = LLM(str(folder), dtype=dtype, device=str(device), load_format="dummy",
-              enable_prefix_caching=False, **llm_kwargs)
-    llm.engine.runner.model.load_weights(hf.state_dict().items())
-    return hf, llm
 
 
 @torch.inference_mode()
@@ -113,7 +89,8 @@ def main() -> None:
 
     config = MistralConfig(**SHAPES[shape], bos_token_id=0, eos_token_id=1, pad_token_id=0)
     # Leave room for transformers' padded activations next to intarsia's KV cache.
-    hf, llm = build_pair(config, device, dtype, gpu_memory_utilization=0.6)
+    hf, llm = build_pair(config, device, dtype, model_cls=AutoModel, enable_prefix_caching=False,
+                         gpu_memory_utilization=0.6)
     prompts = random_prompts(args.num_prompts, args.min_len, args.max_len, config.vocab_size, seed=1)
     warmup = random_prompts(min(32, args.num_prompts), args.min_len, args.max_len, config.vocab_size, 2)
     num_tokens = sum(map(len, prompts))

@@ -30,7 +30,7 @@ from transformers import (
 )
 
 sys.path.insert(0, "tests")
-from hf_reference import PROMPTS  # noqa: E402
+from hf_reference import PROMPTS, hf_greedy  # noqa: E402
 
 from intarsia import LLM, SamplingParams  # noqa: E402
 from intarsia.tiny_models import save_tiny_model  # noqa: E402
@@ -61,14 +61,6 @@ CONFIGS = {
 NEW_TOKENS = 16
 
 
-def hf_greedy(model, prompt_ids: list[int]) -> list[int]:
-    seq = list(prompt_ids)
-    with torch.no_grad():
-        for _ in range(NEW_TOKENS):
-            seq.append(int(model(torch.tensor([seq], device="cuda")).logits[0, -1].argmax()))
-    return seq[len(prompt_ids):]
-
-
 def run(path: str, dtype: str) -> tuple[LLM, list[list[int]], list[list[int]]]:
     llm = LLM(path, dtype=dtype, device="cuda", max_model_len=256, num_kv_blocks=128)
     ids = [llm.get_tokenizer()(p).input_ids for p in PROMPTS]
@@ -81,7 +73,7 @@ def check(name: str, config) -> tuple[str, str, bool]:
     path = str(save_tiny_model(config, tempfile.mkdtemp()))
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval()
     llm, ids, tokens = run(path, "float32")
-    equal = sum(t == hf_greedy(hf, i) for i, t in zip(ids, tokens, strict=True))
+    equal = sum(t == hf_greedy(hf, i, NEW_TOKENS)[0] for i, t in zip(ids, tokens, strict=True))
     del llm, hf
     try:
         llm, _, tokens = run(path, "bfloat16")

@@ -13,19 +13,11 @@ import tempfile
 import torch
 
 sys.path.insert(0, "tests")
-from hf_reference import PROMPTS  # noqa: E402
+from hf_reference import PROMPTS, hf_greedy  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from intarsia import LLM, SamplingParams  # noqa: E402
 from intarsia.tiny_models import save_tiny_model, tiny_llama_config  # noqa: E402
-
-
-def greedy(model, prompt_ids: list[int], n: int) -> list[int]:
-    seq = list(prompt_ids)
-    with torch.no_grad():
-        for _ in range(n):
-            seq.append(int(model(torch.tensor([seq], device="cuda")).logits[0, -1].argmax()))
-    return seq[len(prompt_ids):]
 
 
 def main() -> None:
@@ -39,7 +31,7 @@ def main() -> None:
         params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
         outs = llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=False)
         for i, out in zip(ids, outs, strict=True):
-            same = out.outputs[0].token_ids == greedy(hf, i, 24)
+            same = out.outputs[0].token_ids == hf_greedy(hf, i, 24)[0]
             ok &= same
             print(f"eager={eager} prompt_len={len(i)} tokens equal: {same}")
         graphs = llm.engine.runner.graphs

@@ -31,7 +31,7 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[i
     rows = []
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            logits = model(torch.tensor([ids])).logits[0, -1].float()
+            logits = model(torch.tensor([ids], device=model.device)).logits[0, -1].float()
             rows.append(torch.log_softmax(logits, dim=-1))
             ids.append(int(logits.argmax()))
     return ids[len(prompt_ids):], torch.stack(rows)
