@@ -127,12 +127,45 @@ def run_hf(hf, processor, pictures: list[Image.Image], output_len: int, batch_si
 
 
 def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> None:
+    """cProfile of the engine thread, plus a timeline: when prompts became requests
+    (processed) and how long each engine step took, by its number of scheduled tokens."""
+    engine = llm.engine
+    steps: list[tuple[float, float, int]] = []  # (start, seconds, scheduled tokens)
+    schedule, step = engine.scheduler.schedule, engine.step
+    scheduled_tokens = [0]
+
+    def counting_schedule():
+        items = schedule()
+        scheduled_tokens[0] = sum(item.num_new_tokens for item in items)
+        return items
+
+    def timed_step():
+        begin = time.perf_counter()
+        finished = step()
+        sync(llm.config.device)
+        steps.append((begin, time.perf_counter() - begin, scheduled_tokens[0]))
+        return finished
+
+    engine.scheduler.schedule, engine.step = counting_schedule, timed_step
     profiler = cProfile.Profile()
     profiler.enable()
+    start = time.perf_counter()
     timing = run_intarsia(llm, pictures, output_len)
     profiler.disable()
+    engine.scheduler.schedule, engine.step = schedule, step
     print(f"intarsia {timing.seconds:.2f} s, mean TTFT {sum(timing.ttft) / len(timing.ttft):.3f} s, "
           f"first TTFT {min(timing.ttft):.3f} s, last {max(timing.ttft):.3f} s")
+    steps = [s for s in steps if s[2]]
+    print(f"{len(steps)} steps, {sum(s[1] for s in steps):.2f} s inside steps")
+    for label, chosen in (("decode-only", [s for s in steps if s[2] <= 256]),
+                          ("with prefill", [s for s in steps if s[2] > 256])):
+        if chosen:
+            print(f"  {label}: {len(chosen)} steps, {sum(s[1] for s in chosen):.2f} s, "
+                  f"{sum(s[2] for s in chosen)} tokens, first at {chosen[0][0] - start:.2f} s, "
+                  f"last ends {chosen[-1][0] + chosen[-1][1] - start:.2f} s")
+    print("timeline (s from start): step start, seconds, tokens")
+    for begin, seconds, tokens in steps[:: max(1, len(steps) // 40)]:
+        print(f"  {begin - start:7.3f} {seconds:7.4f} {tokens:6d}")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
     pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
 
