@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForImageTextToText
 from transformers.generation.streamers import BaseStreamer
 
@@ -167,7 +168,44 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> 
     for begin, seconds, tokens in steps[:: max(1, len(steps) // 40)]:
         print(f"  {begin - start:7.3f} {seconds:7.4f} {tokens:6d}")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+    kernel_tables(llm, images(len(pictures), pictures[0].width, seed=2), output_len)
+
+
+def kernel_tables(llm: LLM, pictures: list[Image.Image], output_len: int) -> None:
+    """torch.profiler tables of the first prefill step and of decode steps at full batch,
+    the requests made beforehand (no processing in the way)."""
+    engine = llm.engine
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    for picture in pictures:
+        engine.add_request(llm._make_request({"prompt": PROMPT, "multi_modal_data": {"image": picture}},
+                                             params, {}))
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+
+    def table(label: str, steps: int) -> None:
+        sync(llm.config.device)
+        with profile(activities=activities) as prof:
+            begin = time.perf_counter()
+            for _ in range(steps):
+                engine.step()
+            sync(llm.config.device)
+        print(f"\n== {label}: {(time.perf_counter() - begin) / steps * 1e3:.1f} ms/step ==")
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15,
+                                        max_name_column_width=50))
+
+    table("first prefill step", 1)
+    while any(not seq.is_prefill_done for seq in engine.scheduler.running) or engine.scheduler.waiting:
+        engine.step()
+    for _ in range(10):
+        engine.step()
+    begin = time.perf_counter()
+    for _ in range(5):
+        engine.step()
+    sync(llm.config.device)
+    print(f"\ndecode batch {len(engine.scheduler.running)}: "
+          f"{(time.perf_counter() - begin) / 5 * 1e3:.1f} ms/step without the profiler")
+    table("decode steps", 3)
+    while engine.has_unfinished():
+        engine.step()
 
 
 def main() -> None:
