@@ -1,8 +1,10 @@
-"""GPU smoke test: tiny Llama through intarsia (Triton kernels, CUDA graphs) vs transformers.
+"""GPU smoke test: tiny Llama and tiny Qwen2-VL (images of two sizes, M-RoPE, decode
+steps in CUDA graphs) through intarsia (Triton kernels, eager and CUDA graphs) vs
+transformers.
 
     PYTHONPATH=. python3 benchmarks/gpu_smoke.py
 
-Float32 greedy tokens must equal transformers'; bf16 runs end to end. Prints PASS/FAIL.
+Float32 greedy tokens must equal transformers'. Prints PASS/FAIL.
 """
 
 from __future__ import annotations
@@ -14,10 +16,36 @@ import torch
 
 sys.path.insert(0, "tests")
 from hf_reference import PROMPTS, hf_greedy  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
+from mm_reference import Case, generate_cases, hf_inputs, hf_mm_greedy, random_image  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 from intarsia import LLM, SamplingParams  # noqa: E402
 from intarsia.tiny_models import save_tiny_model, tiny_llama_config  # noqa: E402
+from intarsia.tiny_multimodal import save_tiny_qwen2_vl  # noqa: E402
+
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def check_qwen2_vl() -> bool:
+    """transformers runs on the CPU (the reference); intarsia on the GPU."""
+    path = save_tiny_qwen2_vl(tempfile.mkdtemp())
+    cases = [Case(f"<|user|>{IMAGE}What is in this picture?<|end|><|assistant|>",
+                  {"image": [random_image(56, 84, 0)]}),
+             Case(f"{IMAGE} and {IMAGE} compared: the quick brown fox",
+                  {"image": [random_image(112, 56, 1), random_image(60, 60, 2)]}),
+             Case("Hello, how are you today? " * 3)]
+    processor = AutoProcessor.from_pretrained(path)
+    hf = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    references = [hf_mm_greedy(hf, hf_inputs(processor, case), 24)[0] for case in cases]
+    ok = True
+    for eager in (True, False):
+        llm = LLM(str(path), dtype="float32", device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3)
+        for case, out, reference in zip(cases, generate_cases(llm, cases, 24), references, strict=True):
+            same = out.outputs[0].token_ids == reference
+            ok &= same
+            print(f"qwen2-vl eager={eager} items={case.num_items} tokens equal: {same}")
+        del llm
+    return ok
 
 
 def main() -> None:
@@ -37,6 +65,7 @@ def main() -> None:
         graphs = llm.engine.runner.graphs
         print(f"eager={eager} graphs captured: {sorted(graphs.graphs) if graphs else None}")
         del llm
+    ok &= check_qwen2_vl()
     print("PASS" if ok else "FAIL")
 
 

@@ -84,8 +84,7 @@ class Qwen2VisionTransformer(nn.Module):
         grid = grid_thw.tolist()
         positions = vision_positions(grid, self.merge).to(self.inv_freq.device)
         freqs = (positions[..., None].float() * self.inv_freq).flatten(1)  # [patches, head_dim/2]
-        angles = torch.cat((freqs, freqs), dim=-1)
-        rotary = (angles.cos(), angles.sin())
+        rotary = (torch.arange(len(freqs), device=freqs.device), torch.cat((freqs.cos(), freqs.sin()), -1))
         lengths = [h * w for t, h, w in grid for _ in range(t)]  # attention within each frame
         x = self.patch_embed(pixel_values)
         for block in self.blocks:

@@ -1,6 +1,6 @@
 """The pre-norm bidirectional transformer layer every encoder tower is built from
 (CLIP, SigLIP, Qwen2-VL's ViT, Whisper): no KV cache, torch SDPA attention over
-packed variable-length sequences, optional 2-D rotary embeddings."""
+packed variable-length sequences, optional per-token (2-D) rotary embeddings."""
 
 from __future__ import annotations
 
@@ -9,17 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from intarsia.backbones.layers import LayerNorm, Linear, PlainMLP, fused_linear
+from intarsia.kernels import rotary_embedding
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate halves of x ([tokens, heads, head_dim]) by per-token cos/sin [tokens, head_dim]."""
-    xf = x.float()
-    return (xf * cos[:, None] + _rotate_half(xf) * sin[:, None]).to(x.dtype)
+# Per-token 2-D rotary of a vision tower: (token index [tokens], cos|sin table [tokens, head_dim]).
+Rotary = tuple[torch.Tensor, torch.Tensor]
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int],
@@ -47,11 +40,10 @@ class EncoderAttention(nn.Module):
         self.qkv_proj = fused_linear(dim, {"q": dim, "k": dim, "v": dim}, bias)
         self.out_proj = Linear(dim, dim, bias)
 
-    def forward(self, x: torch.Tensor, lengths: list[int],
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: list[int], rotary: Rotary | None = None) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).view(x.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if rotary is not None:  # neox-style halves, in float32 (the shared rotary kernel)
+            q, k = rotary_embedding(rotary[0], q, k, rotary[1], is_neox=True)
         out = packed_attention(q, k, v, lengths, self.scale)
         return self.out_proj(out.reshape(x.shape[0], -1))
 
@@ -66,8 +58,7 @@ class EncoderLayer(nn.Module):
         self.layer_norm2 = LayerNorm(dim, eps)
         self.mlp = PlainMLP(dim, intermediate, act, bias=True)
 
-    def forward(self, x: torch.Tensor, lengths: list[int],
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: list[int], rotary: Rotary | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x), lengths, rotary)
         return x + self.mlp(self.layer_norm2(x))
 

@@ -6,7 +6,9 @@ import itertools
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +85,21 @@ def _per_prompt(value: Any, count: int, name: str) -> list:
     if isinstance(value, list):
         raise ValueError(f"{name} has {len(value)} entries for {count} prompts")
     return [value] * count
+
+
+@contextmanager
+def _cpu_threads_per_worker(workers: int) -> Iterator[None]:
+    """Share the cores among `workers` preprocessing threads while they run. With a GPU
+    model the CPU's torch work is media preprocessing, and each thread's ops would
+    otherwise open a pool of every core: the oversubscribed CPU then starves the
+    thread that launches the GPU's kernels. (Threads take torch's count when they
+    first run an op; the pool's threads are new.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // (workers + 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class LLM:
@@ -219,7 +236,8 @@ class LLM:
                                       pooling)
 
         workers = min(8, os.cpu_count() or 1) if self.config.entry.multimodal and not single else 1
-        with ThreadPoolExecutor(workers, thread_name_prefix="intarsia-prompt") as pool:
+        with (_cpu_threads_per_worker(workers) if self.config.device.type == "cuda" else nullcontext(),
+              ThreadPoolExecutor(workers, thread_name_prefix="intarsia-prompt") as pool):
             futures = [pool.submit(make, i) for i in range(len(prompt_list))]
             if single:
                 try:

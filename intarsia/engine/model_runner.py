@@ -133,7 +133,10 @@ class ModelRunner:
             table = seq.block_table
             if n == 1:  # decode rows dominate large batches: skip the range machinery
                 input_ids.append(seq.token_ids[begin])
-                positions.append(begin)
+                # M-RoPE models place generated tokens at their index + mrope_delta on all
+                # three rows (prompt rows get their 3-row positions below, off the graphs).
+                mm = seq.request.mm_inputs
+                positions.append(begin + mm.mrope_delta if mm is not None else begin)
                 slots.append(table[begin // bs] * bs + begin % bs)
             else:
                 input_ids.extend(seq.token_ids[begin:begin + n])
@@ -156,8 +159,8 @@ class ModelRunner:
             return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
 
         max_query_len = max(item.num_new_tokens for item in scheduled)
-        if (self.graphs is not None and self.encoders is None
-                and self.graphs.accepts(len(scheduled), max_query_len)):
+        if (self.graphs is not None and self.graphs.accepts(len(scheduled), max_query_len)
+                and (self.encoders is None or all(item.seq.is_prefill_done for item in scheduled))):
             ids_t, positions_t, attn = self.graphs.stage(input_ids, positions, slots, seq_lens, tables)
             # Usually every row samples (rows are increasing, so then they are 0..n-1).
             rows = (self.graphs.row_index[:len(sample_rows)] if len(sample_rows) == len(scheduled)
