@@ -47,6 +47,7 @@ class Timing:
     seconds: float
     ttft: list[float]  # per request, from the common arrival time
     requests: int
+    ready: list[float] | None = None  # per request, when its prompt was processed (intarsia)
 
     @property
     def requests_per_s(self) -> float:
@@ -91,7 +92,8 @@ def run_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> Timi
     sync(llm.config.device)
     elapsed = time.perf_counter() - start
     assert all(len(o.outputs[0].token_ids) == output_len for o in outputs)
-    return Timing("intarsia", elapsed, [o.metrics.first_token_time - start for o in outputs], len(pictures))
+    return Timing("intarsia", elapsed, [o.metrics.first_token_time - start for o in outputs], len(pictures),
+                  sorted(o.metrics.arrival_time - start for o in outputs))
 
 
 class FirstTokenClock(BaseStreamer):
@@ -127,8 +129,8 @@ def run_hf(hf, processor, pictures: list[Image.Image], output_len: int, batch_si
     return Timing("transformers generate", time.perf_counter() - start, ttft, len(pictures))
 
 
-def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> None:
-    """cProfile of the engine thread, plus a timeline: when prompts became requests
+def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int, use_cprofile: bool) -> None:
+    """cProfile (all threads, if `use_cprofile`), plus a timeline: when prompts became requests
     (processed) and how long each engine step took, by its number of scheduled tokens."""
     engine = llm.engine
     steps: list[tuple[float, float, int]] = []  # (start, seconds, scheduled tokens)
@@ -149,7 +151,8 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> 
 
     engine.scheduler.schedule, engine.step = counting_schedule, timed_step
     profiler = cProfile.Profile()
-    profiler.enable()
+    if use_cprofile:
+        profiler.enable()
     start = time.perf_counter()
     timing = run_intarsia(llm, pictures, output_len)
     profiler.disable()
@@ -157,6 +160,10 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> 
     print(f"intarsia {timing.seconds:.2f} s, mean TTFT {sum(timing.ttft) / len(timing.ttft):.3f} s, "
           f"first TTFT {min(timing.ttft):.3f} s, last {max(timing.ttft):.3f} s")
     steps = [s for s in steps if s[2]]
+    ready = timing.ready
+    print("prompts processed by (s): " + ", ".join(
+        f"{q}%: {ready[min(len(ready) - 1, len(ready) * q // 100)]:.2f}"
+        for q in (10, 50, 90, 100)))
     print(f"{len(steps)} steps, {sum(s[1] for s in steps):.2f} s inside steps")
     for label, chosen in (("decode-only", [s for s in steps if s[2] <= 256]),
                           ("with prefill", [s for s in steps if s[2] > 256])):
@@ -167,7 +174,8 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> 
     print("timeline (s from start): step start, seconds, tokens")
     for begin, seconds, tokens in steps[:: max(1, len(steps) // 40)]:
         print(f"  {begin - start:7.3f} {seconds:7.4f} {tokens:6d}")
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
+    if use_cprofile:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
     kernel_tables(llm, images(len(pictures), pictures[0].width, seed=2), output_len)
 
 
@@ -216,6 +224,7 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=None, help="default 64 (8 with --tiny)")
     parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--hf-batch-size", type=int, default=32)
+    parser.add_argument("--timeline", action="store_true", help="intarsia only: step timeline, kernel tables")
     parser.add_argument("--profile", action="store_true",
                         help="intarsia only, under cProfile (the engine thread), printing where time goes")
     args = parser.parse_args()
@@ -228,8 +237,8 @@ def main() -> None:
     run_intarsia(llm, warm, 2)
     run_hf(hf, processor, warm, 2, args.hf_batch_size)
     pictures = images(n, args.image_size)
-    if args.profile:
-        profile_intarsia(llm, pictures, output_len)
+    if args.profile or args.timeline:
+        profile_intarsia(llm, pictures, output_len, use_cprofile=args.profile)
         return
     tokens = len(processor(text=[PROMPT], images=pictures[:1])["input_ids"][0])
     results = [run_intarsia(llm, pictures, output_len),

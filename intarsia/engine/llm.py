@@ -230,6 +230,7 @@ class LLM:
         preprocessing overlaps the engine's steps."""
 
         def make(i: int) -> Request:
+            self.engine.host_free.wait()
             if not isinstance(params[i], SamplingParams):
                 raise ValueError(f"sampling_params must be SamplingParams, got {type(params[i]).__name__}")
             return self._make_request(prompt_list[i], params[i], {k: v[i] for k, v in media.items()},
