@@ -31,9 +31,19 @@ def llava(llava_path):
 
 
 @pytest.fixture(scope="module")
-def qwen2_vl(tmp_path_factory):
-    path = save_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl") / "model")
-    return LLM(str(path), dtype="float32", device="cpu")
+def qwen2_vl_path(tmp_path_factory):
+    return save_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl") / "model")
+
+
+@pytest.fixture(scope="module")
+def qwen2_vl(qwen2_vl_path):
+    return LLM(str(qwen2_vl_path), dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def qwen2_vl_processes(qwen2_vl_path):
+    """Prompts preprocessed in 2 worker processes (the default of GPU runs)."""
+    return LLM(str(qwen2_vl_path), dtype="float32", device="cpu", mm_preprocess_processes=2)
 
 
 @pytest.fixture
@@ -142,7 +152,23 @@ def test_chat_content_parts(llava):
                    use_tqdm=False)
 
 
-def test_bad_inputs_fail_alone(qwen2_vl):
+def test_worker_processes_match_threads(qwen2_vl, qwen2_vl_processes):
+    image = "<|vision_start|><|image_pad|><|vision_end|>"
+    cases = [Case(f"{image} and {image} differ in",
+                  {"image": [random_image(84, 56, 40), random_image(56, 112, 41)]}),
+             Case("A video: <|vision_start|><|video_pad|><|vision_end|>",
+                  {"video": [random_video(4, 56, 56, 42)]}),
+             Case("Text only: the quick brown fox")]
+    threaded, pooled = (generate_cases(llm, cases, 4) for llm in (qwen2_vl, qwen2_vl_processes))
+    for a, b in zip(threaded, pooled, strict=True):
+        assert a.prompt_token_ids == b.prompt_token_ids
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert a.outputs[0].cumulative_logprob == pytest.approx(b.outputs[0].cumulative_logprob, abs=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["qwen2_vl", "qwen2_vl_processes"])
+def test_bad_inputs_fail_alone(engine, request):
+    qwen2_vl = request.getfixturevalue(engine)
     image = random_image(56, 56, 30)
     good = {"prompt": "<|vision_start|><|image_pad|><|vision_end|>What is this?",
             "multi_modal_data": {"image": image}}

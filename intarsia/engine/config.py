@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,8 @@ class EngineConfig:
     load_format: str
     seed: int
     limit_mm_per_prompt: dict[str, int]
+    # Worker processes preprocessing multimodal prompts; 0: threads of this process.
+    mm_preprocess_processes: int = 0
     pooler_config: PoolerConfig | None = None  # set for the pooling tasks
 
     @classmethod
@@ -66,7 +69,8 @@ class EngineConfig:
                load_format: str = "auto", seed: int = 0,
                limit_mm_per_prompt: dict[str, int] | None = None,
                hf_config: PretrainedConfig | None = None,
-               pooler_config: PoolerConfig | dict | None = None) -> EngineConfig:
+               pooler_config: PoolerConfig | dict | None = None,
+               mm_preprocess_processes: int | None = None) -> EngineConfig:
         path = resolve_model_path(model) if hf_config is None else Path(model)
         if hf_config is None:
             if not (path / "config.json").exists():
@@ -98,6 +102,11 @@ class EngineConfig:
         if load_format not in ("auto", "safetensors", "dummy"):
             raise ValueError(f"unknown load_format {load_format!r}; use auto, safetensors or dummy")
         budget = max_num_batched_tokens or max(2048 if dev.type == "cpu" else 8192, block_size)
+        if mm_preprocess_processes is None:  # processes where the GPU computes and the CPU feeds it
+            cores = os.cpu_count() or 1
+            mm_preprocess_processes = min(8, cores // 2) if entry.multimodal and dev.type == "cuda" else 0
+        if mm_preprocess_processes < 0:
+            raise ValueError(f"mm_preprocess_processes must be >= 0, got {mm_preprocess_processes}")
         return cls(
             model_path=path, hf_config=hf_config, architecture=architecture, entry=entry,
             task=task, dtype=_resolve_dtype(dtype, text_config, dev), device=dev,
@@ -106,6 +115,7 @@ class EngineConfig:
             enable_prefix_caching=enable_prefix_caching, num_kv_blocks=num_kv_blocks,
             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
             load_format=load_format, seed=seed, limit_mm_per_prompt=limit_mm_per_prompt or {},
+            mm_preprocess_processes=mm_preprocess_processes if entry.multimodal else 0,
             pooler_config=None if task == "generate" else resolve_pooler_config(
                 task, entry.cls, path, pooler_config),
         )

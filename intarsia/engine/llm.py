@@ -6,10 +6,10 @@ import itertools
 import os
 import time
 import warnings
-from collections.abc import Iterator
+import weakref
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from intarsia.engine.outputs import (
 from intarsia.engine.pooler import PoolerConfig
 from intarsia.engine.sampling_params import SamplingParams
 from intarsia.engine.sequence import Request
+from intarsia.processors.pool import ProcessorPool
 from intarsia.processors.text import TextProcessor
 
 PromptType = str | dict[str, Any]
@@ -64,6 +65,17 @@ def _load_tokenizer(config: EngineConfig) -> PreTrainedTokenizerBase | None:
         return None
 
 
+def _build_processor(config: EngineConfig, tokenizer: PreTrainedTokenizerBase | None = None
+                     ) -> TextProcessor:
+    """The prompt processor of the model (in a preprocessing worker, tokenizer included)."""
+    if tokenizer is None:
+        tokenizer = _load_tokenizer(config)
+    if config.entry.processor is None:
+        return TextProcessor(tokenizer)
+    return config.entry.processor(tokenizer, config.model_path, config.hf_config,
+                                  config.limit_mm_per_prompt)
+
+
 def _prompt_batch(prompts: PromptType | list[PromptType], media: dict[str, Any]
                   ) -> tuple[bool, list[PromptType], dict[str, list]]:
     """(whether one bare prompt was given, the prompts as a list, the per-prompt media)."""
@@ -85,21 +97,6 @@ def _per_prompt(value: Any, count: int, name: str) -> list:
     if isinstance(value, list):
         raise ValueError(f"{name} has {len(value)} entries for {count} prompts")
     return [value] * count
-
-
-@contextmanager
-def _cpu_threads_per_worker(workers: int) -> Iterator[None]:
-    """Share the cores among `workers` preprocessing threads while they run. With a GPU
-    model the CPU's torch work is media preprocessing, and each thread's ops would
-    otherwise open a pool of every core: the oversubscribed CPU then starves the
-    thread that launches the GPU's kernels. (Threads take torch's count when they
-    first run an op; the pool's threads are new.)"""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // (workers + 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class LLM:
@@ -131,10 +128,13 @@ class LLM:
             enable_prefix_caching=enable_prefix_caching, seed=seed,
             limit_mm_per_prompt=limit_mm_per_prompt, **engine_kwargs)
         self.tokenizer = _load_tokenizer(self.config)
-        entry = self.config.entry
-        self.processor = TextProcessor(self.tokenizer) if entry.processor is None else entry.processor(
-            self.tokenizer, self.config.model_path, self.config.hf_config, self.config.limit_mm_per_prompt)
+        self.processor = _build_processor(self.config, self.tokenizer)
         self.engine = LLMEngine(self.config, self.tokenizer)
+        self._processor_pool = None
+        if self.config.mm_preprocess_processes:
+            self._processor_pool = ProcessorPool(partial(_build_processor, self.config),
+                                                 self.config.mm_preprocess_processes)
+            weakref.finalize(self, self._processor_pool.close)
         self._request_ids = itertools.count(1)
 
     def get_tokenizer(self) -> PreTrainedTokenizerBase | None:
@@ -226,19 +226,18 @@ class LLM:
         become a request fails alone (ValueError for one prompt, else BatchError).
 
         Prompts are processed on worker threads (media decoding and HF processors for
-        multimodal models) and join the running batch as soon as each is ready, so
-        preprocessing overlaps the engine's steps."""
+        multimodal models, handed on to worker processes where `mm_preprocess_processes`
+        is set) and join the running batch as soon as each is ready, so preprocessing
+        overlaps the engine's steps."""
 
         def make(i: int) -> Request:
-            self.engine.host_free.wait()
             if not isinstance(params[i], SamplingParams):
                 raise ValueError(f"sampling_params must be SamplingParams, got {type(params[i]).__name__}")
             return self._make_request(prompt_list[i], params[i], {k: v[i] for k, v in media.items()},
                                       pooling)
 
         workers = min(8, os.cpu_count() or 1) if self.config.entry.multimodal and not single else 1
-        with (_cpu_threads_per_worker(workers) if self.config.device.type == "cuda" else nullcontext(),
-              ThreadPoolExecutor(workers, thread_name_prefix="intarsia-prompt") as pool):
+        with ThreadPoolExecutor(workers, thread_name_prefix="intarsia-prompt") as pool:
             futures = [pool.submit(make, i) for i in range(len(prompt_list))]
             if single:
                 try:
@@ -278,7 +277,7 @@ class LLM:
                 if modality in mm_data:
                     raise ValueError(f"{modality} given both as {arg}= and in multi_modal_data")
                 mm_data[modality] = media[arg]
-        processed = self.processor.process(prompt, mm_data)
+        processed = (self._processor_pool or self.processor).process(prompt, mm_data)
         request = Request(str(next(self._request_ids)), processed.prompt, processed.token_ids,
                           params, pooling=pooling, mm_inputs=processed.mm_inputs)
         self.engine.validate_prompt(request.prompt_token_ids)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 
 import torch
@@ -53,10 +52,6 @@ class LLMEngine:
         self.pooler = Pooler(getattr(self.runner.model, "score", None)
                              if config.task in ("classify", "reward") else None)
         self.vocab_size = self.runner.model.args.vocab_size
-        # Set while this thread leaves the CPU to others (waiting for the GPU, or between
-        # steps); prompt workers (`LLM`) start a prompt only then.
-        self.host_free = threading.Event()
-        self.host_free.set()
         self._seq_ids = itertools.count()
 
     def validate_prompt(self, token_ids: list[int]) -> None:
@@ -90,24 +85,6 @@ class LLMEngine:
 
     def step(self) -> list[Sequence]:
         """Run one step; returns the sequences that finished in it."""
-        if self.config.device.type != "cuda":
-            return self._step()
-        self.host_free.clear()
-        try:
-            return self._step()
-        finally:
-            self.host_free.set()
-
-    def _await_device(self) -> None:
-        """Wait for the step's GPU work with `host_free` set: prompt workers start
-        their next prompt only then, as their Python, run while this thread launches
-        kernels, would make each launch wait for the GIL (a convoy)."""
-        if self.config.device.type == "cuda":
-            self.host_free.set()
-            torch.cuda.current_stream(self.config.device).synchronize()
-            self.host_free.clear()
-
-    def _step(self) -> list[Sequence]:
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
@@ -119,7 +96,6 @@ class LLMEngine:
         sampled = None
         if batch.sample_seqs:
             logits = runner.compute_logits(hidden[batch.sample_rows])
-            self._await_device()
             sampled = self.sampler(logits, [item.seq for item in batch.sample_seqs])
         self.scheduler.update(scheduled)
         for seq in pooled:  # a pooling request keeps no KV after its prompt
