@@ -7,10 +7,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from intarsia.backbones.layers import LayerNorm, Linear, PlainMLP, fused_linear
 from intarsia.kernels import rotary_embedding
 
+# Not cuDNN: it plans each new shape (batch = images in the step) for up to a second.
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 # Per-token 2-D rotary of a vision tower: (token index [tokens], cos|sin table [tokens, head_dim]).
 Rotary = tuple[torch.Tensor, torch.Tensor]
 
@@ -25,7 +28,8 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
     if len(set(lengths)) == 1:
         n, (_, heads, head_dim) = len(lengths), q.shape
         q, k, v = (t.view(n, lengths[0], heads, head_dim).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        with sdpa_kernel(_SDPA_BACKENDS):
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
         return out.transpose(1, 2).reshape(-1, heads, head_dim)
     outs = [packed_attention(qs, ks, vs, [len(qs)], scale)
             for qs, ks, vs in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)]
