@@ -56,6 +56,22 @@ def test_preemption_gives_same_outputs(tiny_llama_path, llm):
     assert_no_leaked_blocks(small)
 
 
+def test_stops_inside_a_running_batch(tiny_llama_path, llm):
+    """The engine launches each step before reading the previous one's tokens back:
+    sequences stopping on stop tokens at different steps while others run on (and get
+    preempted) end as they do alone, and every block is freed."""
+    alone = [token_ids(llm.generate(p, GREEDY, use_tqdm=False))[0][0] for p in PROMPTS]
+    stops = [tokens[i % 5 + 1] for i, tokens in enumerate(alone)]
+    params = [SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, stop_token_ids=[stop])
+              for stop in stops]
+    expected = [tokens[:tokens.index(stop) + 1] for tokens, stop in zip(alone, stops, strict=True)]
+    small = LLM(str(tiny_llama_path), device="cpu", max_model_len=256, num_kv_blocks=16)
+    outputs = small.generate(PROMPTS * 5, [GREEDY] * len(PROMPTS) * 2 + params * 3, use_tqdm=False)
+    assert [o[0] for o in token_ids(outputs)] == alone * 2 + expected * 3
+    assert small.engine.scheduler.num_preemptions > 0
+    assert_no_leaked_blocks(small)
+
+
 def test_chunked_prefill_gives_same_outputs(tiny_llama_path, llm):
     expected = token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False))
     chunked = LLM(str(tiny_llama_path), device="cpu", max_model_len=256, max_num_batched_tokens=7,

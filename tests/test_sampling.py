@@ -23,7 +23,7 @@ def make_seq(params: SamplingParams, prompt=(1, 2, 3), outputs=(), seed=None) ->
 
 def empirical(sampler, logits, params, draws=20000):
     seqs = [make_seq(params)] * draws
-    tokens = torch.tensor(sampler(logits.expand(draws, -1).clone(), seqs).token_ids)
+    tokens = torch.tensor(sampler(logits.expand(draws, -1).clone(), seqs).result().token_ids)
     return torch.bincount(tokens, minlength=logits.shape[-1]).float() / draws
 
 
@@ -45,7 +45,7 @@ def test_temperature_matches_softmax(sampler, logits):
 
 
 def test_greedy_is_argmax(sampler, logits):
-    result = sampler(logits.clone(), [make_seq(SamplingParams(temperature=0))])
+    result = sampler(logits.clone(), [make_seq(SamplingParams(temperature=0))]).result()
     assert result.token_ids == [int(logits.argmax())]
 
 
@@ -88,14 +88,14 @@ def test_penalties_match_formula(logits):
 
 def test_per_request_seed_is_independent_of_batch(sampler, logits):
     params = SamplingParams(temperature=1.0)
-    alone = sampler(logits.clone(), [make_seq(params, seed=5)]).token_ids
+    alone = sampler(logits.clone(), [make_seq(params, seed=5)]).result().token_ids
     rows = logits.expand(3, -1).clone()
-    mixed = sampler(rows, [make_seq(params), make_seq(params, seed=5), make_seq(params)]).token_ids
+    mixed = sampler(rows, [make_seq(params), make_seq(params, seed=5), make_seq(params)]).result().token_ids
     assert mixed[1] == alone[0]
 
 
 def test_logprob_ranks(sampler, logits):
-    result = sampler(logits.clone(), [make_seq(SamplingParams(temperature=0, logprobs=3))])
+    result = sampler(logits.clone(), [make_seq(SamplingParams(temperature=0, logprobs=3))]).result()
     ids, values, rank = result.top[0]
     expected = torch.log_softmax(logits[0], -1)
     assert ids == expected.topk(3).indices.tolist() and rank == 1

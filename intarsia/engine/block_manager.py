@@ -81,10 +81,10 @@ class BlockManager:
         """Register the blocks of `seq` whose tokens are now all computed."""
         if not self.enable_prefix_caching:
             return
-        num_full = seq.num_computed_tokens // self.block_size
+        hashes = seq.full_block_hashes()  # a block whose last token is in flight waits
+        num_full = min(seq.num_computed_tokens // self.block_size, len(hashes))
         if num_full <= seq.num_registered_blocks:
             return
-        hashes = seq.full_block_hashes()
         for i in range(seq.num_registered_blocks, num_full):
             block = seq.block_table[i]
             if self.block_hash[block] is None:

@@ -21,6 +21,15 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
     return [s for s in sizes if s < max_num_seqs] + [min(max_num_seqs, 512)]
 
 
+class HostStaging:
+    """Pinned host buffers a step's inputs are written to before one copy each."""
+
+    def __init__(self, max_size: int, max_blocks: int) -> None:
+        self.i64 = torch.zeros(3, max_size, dtype=torch.int64, pin_memory=True)  # ids, positions, slots
+        self.seq_lens = torch.ones(max_size, dtype=torch.int32, pin_memory=True)
+        self.tables = torch.zeros(max_size, max_blocks, dtype=torch.int32, pin_memory=True)
+
+
 class DecodeGraphs:
     def __init__(self, run_model: Callable[[torch.Tensor, torch.Tensor, ForwardContext], torch.Tensor],
                  kv_caches: list[tuple[torch.Tensor, torch.Tensor]], max_num_seqs: int,
@@ -36,9 +45,10 @@ class DecodeGraphs:
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=device)
         self.row_index = torch.arange(n, device=device)  # sample rows of a decode step
-        self.host_i64 = torch.zeros(3, n, dtype=torch.int64, pin_memory=True)
-        self.host_seq_lens = torch.ones(n, dtype=torch.int32, pin_memory=True)
-        self.host_tables = torch.zeros(n, max_blocks, dtype=torch.int32, pin_memory=True)
+        # Two sets of pinned staging buffers, used in turn: the engine prepares a step
+        # while the previous one (whose copies may not have run yet) is queued.
+        self.host = [HostStaging(n, max_blocks) for _ in range(2)]
+        self.turn = 0
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         pool = None
@@ -69,16 +79,18 @@ class DecodeGraphs:
         a few asynchronous copies) and return views of them for `run`."""
         n = len(input_ids)
         size = next(s for s in self.sizes if s >= n)
-        host = self.host_i64.numpy()
+        staging = self.host[self.turn]
+        self.turn ^= 1
+        host = staging.i64.numpy()
         host[0, :n], host[1, :n], host[2, :n] = input_ids, positions, slots
         host[2, n:size] = -1  # padding rows write no KV
-        lens = self.host_seq_lens.numpy()
+        lens = staging.seq_lens.numpy()
         lens[:n], lens[n:size] = seq_lens, 1
         width = len(tables[0])
-        self.host_tables.numpy()[:n, :width] = tables
-        self.static_i64[:, :size].copy_(self.host_i64[:, :size], non_blocking=True)
-        self.seq_lens[:size].copy_(self.host_seq_lens[:size], non_blocking=True)
-        self.block_tables[:n, :width].copy_(self.host_tables[:n, :width], non_blocking=True)
+        staging.tables.numpy()[:n, :width] = tables
+        self.static_i64[:, :size].copy_(staging.i64[:, :size], non_blocking=True)
+        self.seq_lens[:size].copy_(staging.seq_lens[:size], non_blocking=True)
+        self.block_tables[:n, :width].copy_(staging.tables[:n, :width], non_blocking=True)
         meta = AttentionMetadata(
             slot_mapping=self.slot_mapping[:n], query_start_loc=self.query_start_loc[:n + 1],
             seq_lens=self.seq_lens[:n], block_tables=self.block_tables[:n, :width], max_query_len=1,

@@ -20,7 +20,7 @@ from intarsia.engine.outputs import (
     RequestOutput,
 )
 from intarsia.engine.pooler import Pooler
-from intarsia.engine.sampler import Sampler
+from intarsia.engine.sampler import PendingSample, Sampler
 from intarsia.engine.scheduler import Scheduler
 from intarsia.engine.sequence import Request, Sequence, Status
 
@@ -44,7 +44,7 @@ class LLMEngine:
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
-                                   config.max_num_batched_tokens)
+                                   config.max_num_batched_tokens, config.max_model_len)
         self.eos_token_ids = eos_ids_of(config, tokenizer)
         self.generator = torch.Generator(config.device).manual_seed(config.seed)
         self.sampler = Sampler(self.eos_token_ids, self.generator)
@@ -53,6 +53,7 @@ class LLMEngine:
                              if config.task in ("classify", "reward") else None)
         self.vocab_size = self.runner.model.args.vocab_size
         self._seq_ids = itertools.count()
+        self._in_flight: tuple[PendingSample, list[Sequence]] | None = None  # the step ahead
 
     def validate_prompt(self, token_ids: list[int]) -> None:
         if not token_ids:
@@ -81,29 +82,53 @@ class LLMEngine:
             self.scheduler.add(seq)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self._in_flight is not None
 
     def step(self) -> list[Sequence]:
-        """Run one step; returns the sequences that finished in it."""
+        """Run one step; returns the sequences that finished.
+
+        The engine runs one step ahead of reading samples back: it launches step N+1
+        (its decode rows read step N's tokens on the device) before it waits for step N's
+        tokens, appends them and checks stops, so the host's work overlaps the device's.
+        A sequence that stops at step N has computed one row of N+1 for nothing."""
         scheduled = self.scheduler.schedule()
-        if not scheduled:
+        finished: list[Sequence] = []
+        logits = batch = None
+        if scheduled:
+            runner = self.runner
+            batch = runner.prepare(scheduled, self._in_flight[0].tokens if self._in_flight else None)
+            hidden = runner.forward(batch)
+            self._prompt_logprobs(batch, hidden)
+            pooled = self.pooler.collect(batch.pool_rows, hidden)
+            if batch.sample_seqs:
+                logits = runner.compute_logits(hidden[batch.sample_rows])
+            self.scheduler.update(scheduled)
+            for seq in pooled:  # a pooling request keeps no KV after its prompt
+                self.scheduler.finish(seq)
+            finished += pooled
+        finished += self._read_back()
+        if logits is not None:
+            seqs = [item.seq for item in batch.sample_seqs]
+            sample = self.sampler(logits, seqs)
+            for row, seq in enumerate(seqs):
+                if seq.status is not Status.FINISHED:  # stopped at the step read back above
+                    seq.pending_row = row
+            self._in_flight = (sample, seqs)
+        return finished
+
+    def _read_back(self) -> list[Sequence]:
+        """Wait for the in-flight step's samples; append them and check stops."""
+        if self._in_flight is None:
             return []
-        runner = self.runner
-        batch = runner.prepare(scheduled)
-        hidden = runner.forward(batch)
-        self._prompt_logprobs(batch, hidden)
-        pooled = self.pooler.collect(batch.pool_rows, hidden)
-        sampled = None
-        if batch.sample_seqs:
-            logits = runner.compute_logits(hidden[batch.sample_rows])
-            sampled = self.sampler(logits, [item.seq for item in batch.sample_seqs])
-        self.scheduler.update(scheduled)
-        for seq in pooled:  # a pooling request keeps no KV after its prompt
-            self.scheduler.finish(seq)
-        finished = list(pooled)
-        for row, item in enumerate(batch.sample_seqs if sampled else []):
-            seq = item.seq
-            self._append_token(seq, row, sampled)
+        sample, seqs = self._in_flight
+        self._in_flight = None
+        result = sample.result()
+        finished = []
+        for row, seq in enumerate(seqs):
+            if seq.pending_row is None:  # it had stopped before this step was sampled
+                continue
+            seq.pending_row = None
+            self._append_token(seq, row, result)
             if seq.status is Status.FINISHED:
                 finished.append(seq)
         return finished

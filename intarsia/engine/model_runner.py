@@ -14,6 +14,7 @@ from intarsia.engine.config import EngineConfig
 from intarsia.engine.cuda_graphs import DecodeGraphs
 from intarsia.engine.encoder_runner import EncoderRunner
 from intarsia.engine.loader import iterate_weights
+from intarsia.engine.sampler import device_tensor
 from intarsia.engine.scheduler import ScheduledSeq
 from intarsia.kernels import AttentionMetadata
 
@@ -32,6 +33,7 @@ class StepBatch:
     prompt_logprob_rows: list[tuple[ScheduledSeq, int, int]]  # (item, first row, count)
     # Pooling requests' rows of this step, (item, first row, count); they are never sampled.
     pool_rows: list[tuple[ScheduledSeq, int, int]] = field(default_factory=list)
+    scheduled: list[ScheduledSeq] = field(default_factory=list)  # in row order (decodes first)
     inlays: list | None = None  # multimodal: encoder output rows to inlay this step
 
 
@@ -118,7 +120,21 @@ class ModelRunner:
         torch.cuda.empty_cache()
         return peak
 
-    def prepare(self, scheduled: list[ScheduledSeq]) -> StepBatch:
+    def prepare(self, scheduled: list[ScheduledSeq], prev_tokens: torch.Tensor | None = None) -> StepBatch:
+        """Device inputs of a step. A decode row whose input token is still in flight (the
+        sequence's `pending_row` of `prev_tokens`, the previous step's samples on the
+        device) gets it there, without a round trip through the host."""
+        batch = self._prepare(scheduled)
+        # Such rows decode one token, and decode rows come first: the item's index is its row.
+        pending = [(row, item.seq.pending_row) for row, item in enumerate(batch.scheduled)
+                   if item.seq.pending_row is not None]
+        if pending:
+            rows, sources = zip(*pending, strict=True)
+            batch.input_ids[device_tensor(rows, self.device, torch.int64)] = prev_tokens[
+                device_tensor(sources, self.device, torch.int64)]
+        return batch
+
+    def _prepare(self, scheduled: list[ScheduledSeq]) -> StepBatch:
         bs = self.config.block_size
         # Decode rows first (stable), so a mixed step can hand them to the decode kernel.
         scheduled = sorted(scheduled, key=lambda item: item.num_new_tokens > 1)
@@ -132,7 +148,8 @@ class ModelRunner:
             begin = seq.num_computed_tokens
             table = seq.block_table
             if n == 1:  # decode rows dominate large batches: skip the range machinery
-                input_ids.append(seq.token_ids[begin])
+                # (A token still in flight is patched in by `prepare`.)
+                input_ids.append(seq.token_ids[begin] if begin < len(seq.token_ids) else 0)
                 # M-RoPE models place generated tokens at their index + mrope_delta on all
                 # three rows (prompt rows get their 3-row positions below, off the graphs).
                 mm = seq.request.mm_inputs
@@ -165,14 +182,14 @@ class ModelRunner:
             # Usually every row samples (rows are increasing, so then they are 0..n-1).
             rows = (self.graphs.row_index[:len(sample_rows)] if len(sample_rows) == len(scheduled)
                     else dev(sample_rows, torch.int64))
-            return StepBatch(ids_t, positions_t, attn, rows, sample_seqs, prompt_rows, pool_rows)
+            return StepBatch(ids_t, positions_t, attn, rows, sample_seqs, prompt_rows, pool_rows, scheduled)
         attn = AttentionMetadata(
             slot_mapping=dev(slots, torch.int64), query_start_loc=dev(starts, torch.int32),
             seq_lens=dev(seq_lens, torch.int32), block_tables=dev(tables, torch.int32),
             max_query_len=max_query_len,
             max_seq_len=max(seq_lens), query_start_loc_cpu=starts, seq_lens_cpu=seq_lens)
         batch = StepBatch(dev(input_ids, torch.int64), dev(positions, torch.int64), attn,
-                          dev(sample_rows, torch.int64), sample_seqs, prompt_rows, pool_rows)
+                          dev(sample_rows, torch.int64), sample_seqs, prompt_rows, pool_rows, scheduled)
         if self.prefix_lm:
             prefix_lens = [item.seq.prefix_len for item in scheduled]
             attn.prefix_lens, attn.prefix_lens_cpu = dev(prefix_lens, torch.int32), prefix_lens

@@ -32,13 +32,13 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
             continue
         if p.repetition_penalty != 1.0:
             seen = torch.zeros(vocab, dtype=torch.bool, device=device)
-            seen[torch.tensor(seq.token_ids, device=device)] = True
+            seen[device_tensor(seq.token_ids, device, torch.int64)] = True
             penalised = torch.where(logits[row] > 0, logits[row] / p.repetition_penalty,
                                     logits[row] * p.repetition_penalty)
             logits[row] = torch.where(seen, penalised, logits[row])
         if seq.num_output_tokens and (p.presence_penalty or p.frequency_penalty):
             counts = torch.zeros(vocab, dtype=logits.dtype, device=device)
-            out = torch.tensor(seq.output_token_ids, device=device)
+            out = device_tensor(seq.output_token_ids, device, torch.int64)
             counts.scatter_add_(0, out, torch.ones_like(out, dtype=logits.dtype))
             logits[row] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
     return logits
@@ -52,7 +52,7 @@ def mask_min_tokens(logits: torch.Tensor, seqs: list[Sequence], eos_ids: set[int
             banned = set(p.stop_token_ids) | (set() if p.ignore_eos else eos_ids)
             banned = [t for t in banned if t < logits.shape[-1]]
             if banned:
-                logits[row, banned] = float("-inf")
+                logits[row, device_tensor(banned, logits.device, torch.int64)] = float("-inf")
 
 
 def truncate(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None,
@@ -80,12 +80,58 @@ def truncate(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tens
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
+class PendingSample:
+    """A step's samples, left on the device (the next step reads its tokens there) and
+    copied to pinned host memory without waiting; `result()` waits for that copy only,
+    not for work queued after it."""
+
+    def __init__(self, tokens: torch.Tensor, logprob_parts: tuple | None, counts: list[int]) -> None:
+        self.tokens = tokens
+        self.counts = counts  # logprobs wanted per row
+        parts = (tokens, *(logprob_parts or ()))
+        self._host = [None if t is None else _copy_to_host(t) for t in parts]
+        self._copied = None
+        if tokens.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+
+    def result(self) -> SampleResult:
+        if self._copied is not None:
+            self._copied.synchronize()
+        token_ids = self._host[0].tolist()
+        if len(self._host) == 1:
+            return SampleResult(token_ids, None, None)
+        chosen, ranks, top_vals, top_ids = self._host[1:]
+        top = []
+        for row, n in enumerate(self.counts):
+            ids = top_ids[row, :n].tolist() if n else []
+            vals = top_vals[row, :n].tolist() if n else []
+            top.append((ids, vals, int(ranks[row])))
+        return SampleResult(token_ids, chosen.tolist(), top)
+
+
+def _copy_to_host(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.device.type != "cuda":
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
+
+
+def device_tensor(values: list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small host list on the device without waiting for the device's queued work
+    (a plain copy would: the step ahead may still be running)."""
+    tensor = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class Sampler:
     def __init__(self, eos_token_ids: set[int], generator: torch.Generator) -> None:
         self.eos_token_ids = eos_token_ids
         self.generator = generator
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> PendingSample:
         """logits: [len(seqs), vocab] float32, one row per sequence to sample."""
         want_logprobs = [s.params.logprobs is not None for s in seqs]
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
@@ -97,30 +143,24 @@ class Sampler:
         tokens = logits.argmax(dim=-1)
         random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if random_rows:
-            tokens[random_rows] = self._draw(logits[random_rows], [seqs[i] for i in random_rows])
-        token_ids = tokens.tolist()
+            rows = device_tensor(random_rows, logits.device, torch.int64)
+            tokens[rows] = self._draw(logits[rows], [seqs[i] for i in random_rows])
+        counts = [s.params.logprobs or 0 for s in seqs]
         if raw_logprobs is None:
-            return SampleResult(token_ids, None, None)
+            return PendingSample(tokens, None, counts)
         chosen = raw_logprobs.gather(-1, tokens[:, None])[:, 0]
         ranks = (raw_logprobs > chosen[:, None]).sum(dim=-1) + 1
-        k = max(s.params.logprobs or 0 for s in seqs)
-        top_vals, top_ids = raw_logprobs.topk(k, dim=-1) if k else (None, None)
-        top = []
-        for row, seq in enumerate(seqs):
-            n = seq.params.logprobs or 0
-            ids = top_ids[row, :n].tolist() if n else []
-            vals = top_vals[row, :n].tolist() if n else []
-            top.append((ids, vals, int(ranks[row])))
-        return SampleResult(token_ids, chosen.tolist(), top)
+        top_vals, top_ids = raw_logprobs.topk(max(counts), dim=-1) if max(counts) else (None, None)
+        return PendingSample(tokens, (chosen, ranks, top_vals, top_ids), counts)
 
     def _draw(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         device = logits.device
-        temperature = torch.tensor([s.params.temperature for s in seqs], device=device)
+        temperature = device_tensor([s.params.temperature for s in seqs], device)
         logits = logits / temperature[:, None]
         # Decided on the host, so that no device value is read back mid-step.
         def per_row(name: str, off: float) -> torch.Tensor | None:
             values = [getattr(s.params, name) for s in seqs]
-            return None if all(v == off for v in values) else torch.tensor(values, device=device)
+            return None if all(v == off for v in values) else device_tensor(values, device)
 
         truncated = truncate(logits, per_row("top_k", -1), per_row("top_p", 1.0), per_row("min_p", 0.0))
         probs = torch.softmax(truncated, dim=-1)

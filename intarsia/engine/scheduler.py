@@ -28,10 +28,11 @@ class Scheduler:
     admitted sequence is preempted: its blocks are freed and it is recomputed later."""
 
     def __init__(self, block_manager: BlockManager, max_num_seqs: int,
-                 max_num_batched_tokens: int) -> None:
+                 max_num_batched_tokens: int, max_model_len: int) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -49,7 +50,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(len(seq.token_ids) - seq.num_computed_tokens, budget)
+            if seq.pending_row is not None and self._pending_is_last(seq):
+                i += 1  # finishes by length when its in-flight token is read: nothing to run
+                continue
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if self.block_manager.blocks_needed(seq.num_computed_tokens + num_new) <= len(seq.block_table):
                 # Fits in the blocks it holds (most decode steps): nothing to allocate.
                 scheduled.append(ScheduledSeq(seq, num_new))
@@ -92,6 +96,10 @@ class Scheduler:
             budget -= num_new
         return scheduled
 
+    def _pending_is_last(self, seq: Sequence) -> bool:
+        max_tokens = seq.params.max_tokens or self.max_model_len
+        return seq.num_tokens - seq.num_prompt_tokens >= max_tokens or seq.num_tokens >= self.max_model_len
+
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.release(seq)
         seq.status = Status.WAITING
@@ -99,8 +107,9 @@ class Scheduler:
         self.num_preemptions += 1
 
     def finish(self, seq: Sequence) -> None:
+        # A sequence preempted while its last token was in flight finishes from the queue.
+        (self.running if seq.status is Status.RUNNING else self.waiting).remove(seq)
         seq.status = Status.FINISHED
-        self.running.remove(seq)
         self.block_manager.release(seq)
 
     def update(self, scheduled: list[ScheduledSeq]) -> None:

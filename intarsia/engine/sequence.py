@@ -56,6 +56,9 @@ class Sequence:
         self.generator = generator
         self.status = Status.WAITING
         self.num_computed_tokens = 0
+        # Row of this sequence's next token in the in-flight step's samples (still on the
+        # device; the engine runs one step ahead of reading them), else None.
+        self.pending_row: int | None = None
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache
         self.block_table: list[int] = []
         self.block_hashes: list[bytes] = []  # hash chain over full blocks of token_ids
@@ -69,7 +72,8 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        """Tokens known to the scheduler: those read back plus one still in flight."""
+        return len(self.token_ids) + (self.pending_row is not None)
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -98,7 +102,7 @@ class Sequence:
         """
         bs = self.block_size
         mm = self.request.mm_inputs
-        for i in range(len(self.block_hashes), self.num_tokens // bs):
+        for i in range(len(self.block_hashes), len(self.token_ids) // bs):
             digest = hashlib.blake2b(digest_size=16)
             digest.update(self.block_hashes[-1] if self.block_hashes else self._root_hash())
             digest.update(array("q", self.token_ids[i * bs:(i + 1) * bs]).tobytes())
