@@ -150,6 +150,8 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int, use
         return finished
 
     engine.scheduler.schedule, engine.step = counting_schedule, timed_step
+    compiles = watch_triton_compiles()
+    retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) if torch.cuda.is_available() else 0
     profiler = cProfile.Profile()
     if use_cprofile:
         profiler.enable()
@@ -160,6 +162,11 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int, use
     print(f"intarsia {timing.seconds:.2f} s, mean TTFT {sum(timing.ttft) / len(timing.ttft):.3f} s, "
           f"first TTFT {min(timing.ttft):.3f} s, last {max(timing.ttft):.3f} s")
     steps = [s for s in steps if s[2]]
+    if torch.cuda.is_available():
+        retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries
+        print(f"CUDA allocator retries (cache flushed to fit an allocation) during the run: {retries}")
+    print(f"Triton compilations during the run: {len(compiles)}" + "".join(
+        f"\n  at {at - start:.2f} s: {name} {seconds:.2f} s" for at, name, seconds in compiles))
     ready = timing.ready
     print("prompts processed by (s): " + ", ".join(
         f"{q}%: {ready[min(len(ready) - 1, len(ready) * q // 100)]:.2f}"
@@ -177,6 +184,23 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int, use
     if use_cprofile:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
     kernel_tables(llm, images(len(pictures), pictures[0].width, seed=2), output_len)
+
+
+def watch_triton_compiles() -> list[tuple[float, str, float]]:
+    """(start time, kernel, seconds) of every Triton compilation from now on."""
+    from triton.runtime.jit import JITFunction
+
+    compiles: list[tuple[float, str, float]] = []
+    compile_once = JITFunction._do_compile
+
+    def timed(self, *args, **kwargs):
+        begin = time.perf_counter()
+        kernel = compile_once(self, *args, **kwargs)
+        compiles.append((begin, self.fn.__name__, time.perf_counter() - begin))
+        return kernel
+
+    JITFunction._do_compile = timed
+    return compiles
 
 
 def kernel_tables(llm: LLM, pictures: list[Image.Image], output_len: int) -> None:
