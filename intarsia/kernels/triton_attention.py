@@ -143,7 +143,9 @@ def _decode_partition(seq_len, window, split, USE_WINDOW: tl.constexpr,
     return start, tl.minimum(start + part, seq_len), tl.cdiv(span, part)
 
 
-@triton.jit
+# Block tables are as wide as a step's longest sequence: left unspecialised, that width
+# (1, a multiple of 16 or neither) does not compile a kernel variant of its own mid-run.
+@triton.jit(do_not_specialize=["stride_bt"])
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_acc_ptr, part_ml_ptr, counters_ptr,
     seq_lens_ptr, block_tables_ptr, query_start_ptr, alibi_ptr,
@@ -202,42 +204,37 @@ def _decode_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
 
-        out_ptrs = out_ptr + row * stride_ot + heads[:, None] * stride_oh + d[None, :] * stride_od
-        out_mask = g_mask[:, None] & d_mask[None, :]
         if NUM_SPLITS == 1:
             out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.store(out_ptr + row * stride_ot + heads[:, None] * stride_oh + d[None, :] * stride_od,
+                     out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
         else:
             # Partials are [seq, head, split, ...]: unnormalised acc, and (max, sum).
-            base = (seq.to(tl.int64) * NUM_HEADS + heads) * NUM_SPLITS
-            tl.store(part_acc_ptr + (base + split)[:, None] * HEAD_DIM_PAD + d[None, :], acc,
-                     mask=g_mask[:, None])
-            tl.store(part_ml_ptr + (base + split) * 2, m_i, mask=g_mask)
-            tl.store(part_ml_ptr + (base + split) * 2 + 1, l_i, mask=g_mask)
+            base = (seq.to(tl.int64) * NUM_HEADS + kv_head * GROUP) * NUM_SPLITS
+            at = base + g * NUM_SPLITS + split
+            tl.store(part_acc_ptr + at[:, None] * HEAD_DIM_PAD + d[None, :], acc, mask=g_mask[:, None])
+            tl.store(part_ml_ptr + at * 2, m_i, mask=g_mask)
+            tl.store(part_ml_ptr + at * 2 + 1, l_i, mask=g_mask)
             # The last partition of this (sequence, KV head) to arrive merges them all, so
             # no second kernel runs. The atomic (acquire-release) orders the partials'
             # stores before the count, and the merge's loads after it.
             counter = counters_ptr + seq * tl.num_programs(1) + kv_head
             if tl.atomic_add(counter, 1) == num_parts - 1:
                 tl.store(counter, 0)  # ready for the next call
-                m_all = tl.full([GROUP_PAD], _NEG_BIG, tl.float32)
-                l_all = tl.zeros([GROUP_PAD], tl.float32)
-                acc_all = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], tl.float32)
-                for part in range(0, num_parts):
-                    m_p = tl.load(part_ml_ptr + (base + part) * 2, mask=g_mask, other=_NEG_BIG,
-                                  cache_modifier=".cg")
-                    l_p = tl.load(part_ml_ptr + (base + part) * 2 + 1, mask=g_mask, other=0.0,
-                                  cache_modifier=".cg")
-                    acc_p = tl.load(part_acc_ptr + (base + part)[:, None] * HEAD_DIM_PAD + d[None, :],
-                                    mask=g_mask[:, None], other=0.0, cache_modifier=".cg")
-                    m_new = tl.maximum(m_all, m_p)
-                    old_scale, new_scale = tl.exp2(m_all - m_new), tl.exp2(m_p - m_new)
-                    l_all = l_all * old_scale + l_p * new_scale
-                    acc_all = acc_all * old_scale[:, None] + acc_p * new_scale[:, None]
-                    m_all = m_new
-                out = acc_all / tl.where(l_all == 0.0, 1.0, l_all)[:, None]
-                tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
-
+                parts = tl.arange(0, NUM_SPLITS)
+                for h in range(0, GROUP):  # all partitions of one head at once
+                    at = base + h * NUM_SPLITS + parts  # heads of the group are consecutive
+                    p_mask = parts < num_parts
+                    m = tl.load(part_ml_ptr + at * 2, mask=p_mask, other=_NEG_BIG, cache_modifier=".cg")
+                    l_p = tl.load(part_ml_ptr + at * 2 + 1, mask=p_mask, other=0.0, cache_modifier=".cg")
+                    acc_p = tl.load(part_acc_ptr + at[:, None] * HEAD_DIM_PAD + d[None, :],
+                                    mask=p_mask[:, None], other=0.0, cache_modifier=".cg")
+                    weight = tl.exp2(m - tl.max(m, 0))
+                    total = tl.sum(l_p * weight, 0)
+                    out = tl.sum(acc_p * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+                    head = kv_head * GROUP + h
+                    tl.store(out_ptr + row * stride_ot + head * stride_oh + d * stride_od,
+                             out.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 _split_counter_buffers: dict[torch.device, list[torch.Tensor]] = {}
 
@@ -318,7 +315,7 @@ def paged_decode(
 # ----------------------------------------------------------------------------- prefill
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
     seq_lens_ptr, block_tables_ptr, query_start_ptr, alibi_ptr, prefix_lens_ptr,

@@ -163,6 +163,85 @@ def rotary_embedding(
     return q, k
 
 
+@triton.jit
+def _rotary_write_kv_kernel(
+    pos_ptr, q_ptr, k_ptr, v_ptr, cache_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+    stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
+    stride_vt, stride_vh, stride_vd, stride_cache,
+    stride_kcb, stride_kcs, stride_kch, stride_kcd,
+    stride_vcb, stride_vcs, stride_vch, stride_vcd,
+    num_q_heads,
+    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
+    IS_NEOX: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    pos = tl.load(pos_ptr + token).to(tl.int64)
+    row = cache_ptr + pos * stride_cache
+    j = tl.arange(0, BLOCK_HALF)[None, :]
+    cos = tl.load(row + j, mask=j < HALF, other=0.0).to(tl.float32)
+    sin = tl.load(row + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
+    _rotate_heads(q_ptr, token, stride_qt, stride_qh, stride_qd, num_q_heads, cos, sin,
+                  IS_NEOX, HALF, BLOCK_HQ, BLOCK_HALF)
+    slot = tl.load(slot_ptr + token)
+    if slot >= 0:
+        # Each feature d of a key pairs with a partner: out = x_d cos + sign x_partner sin
+        # on the rotated features, x_d beyond them (partial rotary).
+        h = tl.arange(0, BLOCK_HK)[:, None]
+        d = tl.arange(0, BLOCK_D)[None, :]
+        mask = (h < NUM_KV_HEADS) & (d < HEAD_DIM)
+        if IS_NEOX:
+            first = d < HALF
+            partner = tl.where(first, d + HALF, d - HALF)
+            freq = tl.where(first, d, d - HALF)
+        else:
+            first = d % 2 == 0
+            partner = tl.where(first, d + 1, d - 1)
+            freq = d // 2
+        rotated = d < 2 * HALF
+        key = k_ptr + token * stride_kt + h * stride_kh
+        x = tl.load(key + d * stride_kd, mask=mask, other=0.0).to(tl.float32)
+        x_partner = tl.load(key + partner * stride_kd, mask=mask & rotated, other=0.0).to(tl.float32)
+        cos_d = tl.load(row + freq, mask=rotated, other=1.0).to(tl.float32)
+        sin_d = tl.load(row + HALF + freq, mask=rotated, other=0.0).to(tl.float32)
+        k_out = x * cos_d + tl.where(first, -x_partner, x_partner) * sin_d
+        v = tl.load(v_ptr + token * stride_vt + h * stride_vh + d * stride_vd, mask=mask)
+        page, offset = slot // PAGE, slot % PAGE
+        tl.store(k_cache_ptr + page * stride_kcb + offset * stride_kcs + h * stride_kch + d * stride_kcd,
+                 k_out.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_cache_ptr + page * stride_vcb + offset * stride_vcs + h * stride_vch + d * stride_vcd,
+                 v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def rotary_and_write_kv(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """`rotary_embedding` then `write_kv_cache` in one kernel: q rotated in place (and
+    returned); the rotated keys and the values go to their cache slots, k is left as it is."""
+    num_tokens, num_kv_heads, head_dim = k.shape
+    half = cos_sin_cache.shape[-1] // 2
+    cache = cos_sin_cache if cos_sin_cache.stride(-1) == 1 else cos_sin_cache.contiguous()
+    if num_tokens > 0:
+        _rotary_write_kv_kernel[(num_tokens,)](
+            positions.contiguous(), q, k, v, cache, k_cache, v_cache, slot_mapping,
+            *q.stride(), *k.stride(), *v.stride(), cache.stride(0),
+            *k_cache.stride(), *v_cache.stride(), q.shape[1],
+            NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, PAGE=k_cache.shape[1],
+            IS_NEOX=is_neox, HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
+            BLOCK_HQ=triton.next_power_of_2(q.shape[1]), BLOCK_HK=triton.next_power_of_2(num_kv_heads),
+            BLOCK_D=triton.next_power_of_2(head_dim),
+        )
+    return q
+
+
 # ----------------------------------------------------------------------------- gated MLP
 
 
