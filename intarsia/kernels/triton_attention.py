@@ -211,10 +211,10 @@ def _decode_kernel(
         else:
             # Partials are [seq, head, split, ...]: unnormalised acc, and (max, sum).
             base = (seq.to(tl.int64) * NUM_HEADS + kv_head * GROUP) * NUM_SPLITS
-            at = base + g * NUM_SPLITS + split
-            tl.store(part_acc_ptr + at[:, None] * HEAD_DIM_PAD + d[None, :], acc, mask=g_mask[:, None])
-            tl.store(part_ml_ptr + at * 2, m_i, mask=g_mask)
-            tl.store(part_ml_ptr + at * 2 + 1, l_i, mask=g_mask)
+            own = base + g * NUM_SPLITS + split
+            tl.store(part_acc_ptr + own[:, None] * HEAD_DIM_PAD + d[None, :], acc, mask=g_mask[:, None])
+            tl.store(part_ml_ptr + own * 2, m_i, mask=g_mask)
+            tl.store(part_ml_ptr + own * 2 + 1, l_i, mask=g_mask)
             # The last partition of this (sequence, KV head) to arrive merges them all, so
             # no second kernel runs. The atomic (acquire-release) orders the partials'
             # stores before the count, and the merge's loads after it.
