@@ -246,32 +246,6 @@ def group_write_kv() -> None:
         assert torch.equal(caches[0], want[0]) and torch.equal(caches[1], want[1])
 
 
-def group_rotary_write_kv() -> None:
-    """Rotary fused with the cache write == rotary, then the write (the reference)."""
-    from intarsia.kernels import triton_ops as to
-
-    for dtype in DTYPES:
-        for head_dim, rot, is_neox in ((64, 64, True), (64, 64, False), (80, 32, True), (80, 32, False)):
-            qkv = torch.randn(9, 4 + 2 + 2, head_dim).to(dtype)  # GQA 2: strided q/k/v slices
-            q, k, v = qkv[:, :4], qkv[:, 4:6], qkv[:, 6:]
-            positions = torch.randint(0, 40, (9,))
-            table = torch.randn(40, rot)
-            slots = torch.randperm(4 * 16)[:9]
-            slots[[0, 7]] = -1
-            caches = [torch.randn(4, 16, 2, head_dim).to(dtype) for _ in range(2)]
-            want_caches = [c.clone() for c in caches]
-            k_before = k.clone()
-            want_q = ref.rotary_and_write_kv(positions, q.clone(), k.clone(), v, table, is_neox,
-                                             *want_caches, slots)
-            got_q = to.rotary_and_write_kv(positions, q, k, v, table, is_neox, *caches, slots)
-            what = f"rotary+write_kv neox={is_neox} D={head_dim} rot={rot} {dtype}"
-            assert_close(got_q, want_q, what + " q")
-            assert_close(qkv[:, :4], want_q, what + " q in place")
-            assert_close(caches[0], want_caches[0], what + " k cache")
-            assert torch.equal(caches[1], want_caches[1]), what + " v cache"
-            assert torch.equal(k, k_before), what + ": k itself is left as it was"
-
-
 def group_decode() -> None:
     from intarsia.kernels import triton_attention as ta
 
@@ -396,7 +370,6 @@ def group_ops() -> None:
 
 GROUPS: dict[str, Callable[[], None]] = {
     "write_kv": group_write_kv,
-    "rotary_write_kv": group_rotary_write_kv,
     "decode": group_decode,
     "prefill": group_prefill,
     "ops": group_ops,

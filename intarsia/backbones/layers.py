@@ -10,7 +10,6 @@ from torch import nn
 
 from intarsia import kernels
 from intarsia.backbones.context import ForwardContext
-from intarsia.backbones.rotary import RotaryEmbedding
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
@@ -195,19 +194,13 @@ class PagedAttention(nn.Module):
         self.scale, self.sliding_window, self.softcap = scale, sliding_window, softcap
         self.register_buffer("alibi_slopes", alibi_slopes, persistent=False)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
-                rope: RotaryEmbedding | None = None, positions: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """Attention of q over the cache with k, v added; `rope` (at `positions`) rotates
-        q and k first, fused with the cache write."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                ctx: ForwardContext) -> torch.Tensor:
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        if rope is not None:
-            q = rope.rotate_and_cache(positions, q, k, v, k_cache, v_cache, ctx.attn.slot_mapping)
-        else:
-            kernels.write_kv_cache(k, v, k_cache, v_cache, ctx.attn.slot_mapping)
+        kernels.write_kv_cache(k, v, k_cache, v_cache, ctx.attn.slot_mapping)
         out = kernels.paged_attention(q, k_cache, v_cache, ctx.attn, self.scale,
                                       self.sliding_window, self.softcap, self.alibi_slopes)
         return out.reshape(-1, self.num_heads * self.head_dim)

@@ -96,22 +96,6 @@ def rotary_embedding(
                                                              is_neox)
 
 
-def rotary_and_write_kv(
-    positions: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cos_sin_cache: torch.Tensor,
-    is_neox: bool,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-) -> torch.Tensor:
-    mods = _triton_for(q)
-    return (mods[1] if mods else reference).rotary_and_write_kv(
-        positions, q, k, v, cos_sin_cache, is_neox, k_cache, v_cache, slot_mapping)
-
-
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     mods = _triton_for(x)
     return (mods[1] if mods else reference).silu_and_mul(x)
@@ -139,7 +123,7 @@ fused_experts.__doc__ = moe_reference.fused_experts.__doc__
 
 # The dispatchers document themselves through the implementation they stand for.
 for _fn in (write_kv_cache, paged_attention, rms_norm, fused_add_rms_norm, rotary_embedding,
-            rotary_and_write_kv, silu_and_mul, gelu_and_mul):
+            silu_and_mul, gelu_and_mul):
     _fn.__doc__ = getattr(reference, _fn.__name__).__doc__
 del _fn
 
@@ -150,7 +134,6 @@ __all__ = [
     "gelu_and_mul",
     "paged_attention",
     "rms_norm",
-    "rotary_and_write_kv",
     "rotary_embedding",
     "silu_and_mul",
     "write_kv_cache",

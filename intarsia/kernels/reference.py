@@ -174,24 +174,6 @@ def rotary_embedding(
     return apply(q), apply(k)
 
 
-def rotary_and_write_kv(
-    positions: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cos_sin_cache: torch.Tensor,
-    is_neox: bool,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-) -> torch.Tensor:
-    """`rotary_embedding`, then the rotated keys and the values to their cache slots
-    (`write_kv_cache`); returns the rotated q."""
-    q, k = rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
-    write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
-    return q
-
-
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """``silu(x[..., :d]) * x[..., d:]`` for a fused gate/up projection of width 2d."""
     gate, up = x.chunk(2, dim=-1)

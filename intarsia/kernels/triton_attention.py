@@ -7,11 +7,10 @@ those of the current step, is read from the cache (call `write_kv_cache` first).
 Decode (``meta.max_query_len == 1``) follows flash-decoding: the context of each
 sequence is cut into up to ``num_splits`` partitions processed by separate programs,
 each handling all query heads of one KV head (the GQA group) so K/V are read once;
-the last partition of a sequence and KV head to finish merges the partial softmaxes.
-The grid size depends only on host values fixed for a CUDA graph (batch size,
-`meta.max_seq_len`); how a sequence is actually partitioned is decided on the device
-from its length, so the decode path neither synchronises with the host nor
-allocates data-dependent shapes.
+a second kernel merges the partial softmaxes. The grid size depends only on host
+values fixed for a CUDA graph (batch size, `meta.max_seq_len`); how a sequence is
+actually partitioned is decided on the device from its length, so the decode path
+neither synchronises with the host nor allocates data-dependent shapes.
 """
 
 from __future__ import annotations
@@ -147,7 +146,7 @@ def _decode_partition(seq_len, window, split, USE_WINDOW: tl.constexpr,
 # (1, a multiple of 16 or neither) does not compile a kernel variant of its own mid-run.
 @triton.jit(do_not_specialize=["stride_bt"])
 def _decode_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_acc_ptr, part_ml_ptr, counters_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
     seq_lens_ptr, block_tables_ptr, query_start_ptr, alibi_ptr,
     scale, softcap, window,
     stride_qt, stride_qh, stride_qd,
@@ -167,8 +166,7 @@ def _decode_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     start, end, num_parts = _decode_partition(seq_len, window, split, USE_WINDOW, NUM_SPLITS,
                                               MIN_PART, BLOCK_N)
-    num_parts = tl.maximum(num_parts, 1)
-    if split < num_parts:  # idle splits of short sequences leave at once
+    if split < tl.maximum(num_parts, 1):  # idle splits of short sequences leave at once
         g = tl.arange(0, GROUP_PAD)
         d = tl.arange(0, HEAD_DIM_PAD)
         heads = kv_head * GROUP + g
@@ -206,47 +204,45 @@ def _decode_kernel(
 
         if NUM_SPLITS == 1:
             out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-            tl.store(out_ptr + row * stride_ot + heads[:, None] * stride_oh + d[None, :] * stride_od,
-                     out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+            out_ptrs = out_ptr + row * stride_ot + heads[:, None] * stride_oh
+            tl.store(out_ptrs + d[None, :] * stride_od, out.to(out_ptr.dtype.element_ty),
+                     mask=g_mask[:, None] & d_mask[None, :])
         else:
             # Partials are [seq, head, split, ...]: unnormalised acc, and (max, sum).
-            base = (seq.to(tl.int64) * NUM_HEADS + kv_head * GROUP) * NUM_SPLITS
-            own = base + g * NUM_SPLITS + split
-            tl.store(part_acc_ptr + own[:, None] * HEAD_DIM_PAD + d[None, :], acc, mask=g_mask[:, None])
-            tl.store(part_ml_ptr + own * 2, m_i, mask=g_mask)
-            tl.store(part_ml_ptr + own * 2 + 1, l_i, mask=g_mask)
-            # The last partition of this (sequence, KV head) to arrive merges them all, so
-            # no second kernel runs. The atomic (acquire-release) orders the partials'
-            # stores before the count, and the merge's loads after it.
-            counter = counters_ptr + seq * tl.num_programs(1) + kv_head
-            if tl.atomic_add(counter, 1) == num_parts - 1:
-                tl.store(counter, 0)  # ready for the next call
-                parts = tl.arange(0, NUM_SPLITS)
-                for h in range(0, GROUP):  # all partitions of one head at once
-                    at = base + h * NUM_SPLITS + parts  # heads of the group are consecutive
-                    p_mask = parts < num_parts
-                    m = tl.load(part_ml_ptr + at * 2, mask=p_mask, other=_NEG_BIG, cache_modifier=".cg")
-                    l_p = tl.load(part_ml_ptr + at * 2 + 1, mask=p_mask, other=0.0, cache_modifier=".cg")
-                    acc_p = tl.load(part_acc_ptr + at[:, None] * HEAD_DIM_PAD + d[None, :],
-                                    mask=p_mask[:, None], other=0.0, cache_modifier=".cg")
-                    weight = tl.exp2(m - tl.max(m, 0))
-                    total = tl.sum(l_p * weight, 0)
-                    out = tl.sum(acc_p * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
-                    head = kv_head * GROUP + h
-                    tl.store(out_ptr + row * stride_ot + head * stride_oh + d * stride_od,
-                             out.to(out_ptr.dtype.element_ty), mask=d_mask)
-
-_split_counter_buffers: dict[torch.device, list[torch.Tensor]] = {}
+            base = (seq.to(tl.int64) * NUM_HEADS + heads) * NUM_SPLITS + split
+            tl.store(part_acc_ptr + base[:, None] * HEAD_DIM_PAD + d[None, :], acc,
+                     mask=g_mask[:, None])
+            tl.store(part_ml_ptr + base * 2, m_i, mask=g_mask)
+            tl.store(part_ml_ptr + base * 2 + 1, l_i, mask=g_mask)
 
 
-def _split_counters(device: torch.device, count: int) -> torch.Tensor:
-    """Arrival counters of the split programs, one per (sequence, KV head), zero between
-    calls (the merging program resets its own). A buffer only grows in eager runs (each
-    graph size runs once before capture); older ones stay alive for the graphs using them."""
-    buffers = _split_counter_buffers.setdefault(device, [])
-    if not buffers or buffers[-1].numel() < count:
-        buffers.append(torch.zeros(max(count, 4096), dtype=torch.int32, device=device))
-    return buffers[-1]
+@triton.jit
+def _decode_reduce_kernel(
+    out_ptr, part_acc_ptr, part_ml_ptr, seq_lens_ptr, query_start_ptr, window,
+    stride_ot, stride_oh, stride_od,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, MIN_PART: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    _, _, num_parts = _decode_partition(seq_len, window, 0, USE_WINDOW, NUM_SPLITS, MIN_PART,
+                                        BLOCK_N)
+    s = tl.arange(0, NUM_SPLITS)
+    d = tl.arange(0, HEAD_DIM_PAD)
+    s_mask = s < num_parts
+    base = (seq.to(tl.int64) * NUM_HEADS + head) * NUM_SPLITS + s
+    m = tl.load(part_ml_ptr + base * 2, mask=s_mask, other=_NEG_BIG)
+    l_part = tl.load(part_ml_ptr + base * 2 + 1, mask=s_mask, other=0.0)
+    acc = tl.load(part_acc_ptr + base[:, None] * HEAD_DIM_PAD + d[None, :],
+                  mask=s_mask[:, None], other=0.0)
+    weight = tl.exp2(m - tl.max(m, 0))
+    total = tl.sum(l_part * weight, 0)
+    out = tl.sum(acc * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    row = tl.load(query_start_ptr + seq).to(tl.int64)
+    tl.store(out_ptr + row * stride_ot + head * stride_oh + d * stride_od,
+             out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
 
 
 def num_kv_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device,
@@ -287,28 +283,34 @@ def paged_decode(
     if num_splits is None:
         num_splits = num_kv_splits(num_seqs, num_kv_heads, meta.max_seq_len, q.device, min_part)
     head_dim_pad = _pow2(head_dim, 16)
+    common = {"NUM_HEADS": num_heads, "HEAD_DIM": head_dim, "HEAD_DIM_PAD": head_dim_pad,
+              "BLOCK_N": block_n, "NUM_SPLITS": num_splits, "MIN_PART": min_part,
+              "USE_WINDOW": sliding_window is not None}
     if num_splits > 1:
         part_acc = torch.empty(num_seqs, num_heads, num_splits, head_dim_pad,
                                dtype=torch.float32, device=q.device)
         part_ml = torch.empty(num_seqs, num_heads, num_splits, 2, dtype=torch.float32,
                               device=q.device)
-        counters = _split_counters(q.device, num_seqs * num_kv_heads)
     else:
-        part_acc = part_ml = counters = out  # unused
+        part_acc = part_ml = out  # unused
     window = sliding_window or 0
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, out, part_acc, part_ml, counters,
+        q, k_cache, v_cache, out, part_acc, part_ml,
         meta.seq_lens, meta.block_tables, meta.query_start_loc,
         alibi_slopes if alibi_slopes is not None else q,
         scale, softcap or 1.0, window,
         *q.stride(), *out.stride(), *k_cache.stride(), *v_cache.stride(),
         meta.block_tables.stride(0),
-        NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=_pow2(group, 16),
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, PAGE=k_cache.shape[1], BLOCK_N=block_n,
-        NUM_SPLITS=num_splits, MIN_PART=min_part, USE_WINDOW=sliding_window is not None,
+        GROUP=group, GROUP_PAD=_pow2(group, 16), PAGE=k_cache.shape[1],
         USE_SOFTCAP=softcap is not None, USE_ALIBI=alibi_slopes is not None,
-        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+        DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages, **common,
     )
+    if num_splits > 1:
+        _decode_reduce_kernel[(num_seqs, num_heads)](
+            out, part_acc, part_ml, meta.seq_lens, meta.query_start_loc, window,
+            *out.stride(), num_warps=4, **common,
+        )
     return out
 
 
