@@ -147,8 +147,7 @@ class LLMEngine:
 
     def _check_stop(self, seq: Sequence, token: int) -> None:
         p = seq.params
-        num_tokens = len(seq.token_ids)
-        num_output = num_tokens - seq.num_prompt_tokens
+        num_output = seq.num_output_tokens
         if num_output >= p.min_tokens:
             if token in p.stop_token_ids:
                 seq.finish_reason, seq.stop_reason = "stop", token
@@ -158,10 +157,8 @@ class LLMEngine:
             seq.detokenizer.add(token)
             if num_output >= p.min_tokens:
                 self._check_stop_strings(seq)
-        if seq.finish_reason is None:
-            max_len = self.config.max_model_len
-            if num_output >= (p.max_tokens or max_len) or num_tokens >= max_len:
-                seq.finish_reason = "length"
+        if seq.finish_reason is None and seq.ends_by_length(len(seq.token_ids), self.config.max_model_len):
+            seq.finish_reason = "length"
         if seq.finish_reason is not None:
             self.scheduler.finish(seq)
 

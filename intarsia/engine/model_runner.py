@@ -33,7 +33,9 @@ class StepBatch:
     prompt_logprob_rows: list[tuple[ScheduledSeq, int, int]]  # (item, first row, count)
     # Pooling requests' rows of this step, (item, first row, count); they are never sampled.
     pool_rows: list[tuple[ScheduledSeq, int, int]] = field(default_factory=list)
-    scheduled: list[ScheduledSeq] = field(default_factory=list)  # in row order (decodes first)
+    # Decode rows whose input token is still in flight: (row, its row in the previous
+    # step's samples), patched in on the device by `prepare`.
+    pending_inputs: list[tuple[int, int]] = field(default_factory=list)
     inlays: list | None = None  # multimodal: encoder output rows to inlay this step
 
 
@@ -125,11 +127,8 @@ class ModelRunner:
         sequence's `pending_row` of `prev_tokens`, the previous step's samples on the
         device) gets it there, without a round trip through the host."""
         batch = self._prepare(scheduled)
-        # Such rows decode one token, and decode rows come first: the item's index is its row.
-        pending = [(row, item.seq.pending_row) for row, item in enumerate(batch.scheduled)
-                   if item.seq.pending_row is not None]
-        if pending:
-            rows, sources = zip(*pending, strict=True)
+        if batch.pending_inputs:
+            rows, sources = zip(*batch.pending_inputs, strict=True)
             batch.input_ids[device_tensor(rows, self.device, torch.int64)] = prev_tokens[
                 device_tensor(sources, self.device, torch.int64)]
         return batch
@@ -143,13 +142,17 @@ class ModelRunner:
         slots: list[int] = []
         starts, seq_lens = [0], []
         sample_rows, sample_seqs, prompt_rows, pool_rows = [], [], [], []
+        pending_inputs = []  # (row, row of the token in the previous step's samples)
         for item in scheduled:
             seq, n = item.seq, item.num_new_tokens
             begin = seq.num_computed_tokens
             table = seq.block_table
             if n == 1:  # decode rows dominate large batches: skip the range machinery
-                # (A token still in flight is patched in by `prepare`.)
-                input_ids.append(seq.token_ids[begin] if begin < len(seq.token_ids) else 0)
+                if seq.pending_row is not None:  # still in flight: `prepare` patches it in
+                    pending_inputs.append((len(input_ids), seq.pending_row))
+                    input_ids.append(0)
+                else:
+                    input_ids.append(seq.token_ids[begin])
                 # M-RoPE models place generated tokens at their index + mrope_delta on all
                 # three rows (prompt rows get their 3-row positions below, off the graphs).
                 mm = seq.request.mm_inputs
@@ -173,7 +176,7 @@ class ModelRunner:
         tables = [item.seq.block_table + [0] * (width - len(item.seq.block_table)) for item in scheduled]
 
         def dev(data, dtype):
-            return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
+            return device_tensor(data, self.device, dtype)
 
         max_query_len = max(item.num_new_tokens for item in scheduled)
         if (self.graphs is not None and self.graphs.accepts(len(scheduled), max_query_len)
@@ -182,14 +185,15 @@ class ModelRunner:
             # Usually every row samples (rows are increasing, so then they are 0..n-1).
             rows = (self.graphs.row_index[:len(sample_rows)] if len(sample_rows) == len(scheduled)
                     else dev(sample_rows, torch.int64))
-            return StepBatch(ids_t, positions_t, attn, rows, sample_seqs, prompt_rows, pool_rows, scheduled)
+            return StepBatch(ids_t, positions_t, attn, rows, sample_seqs, prompt_rows, pool_rows,
+                             pending_inputs)
         attn = AttentionMetadata(
             slot_mapping=dev(slots, torch.int64), query_start_loc=dev(starts, torch.int32),
             seq_lens=dev(seq_lens, torch.int32), block_tables=dev(tables, torch.int32),
             max_query_len=max_query_len,
             max_seq_len=max(seq_lens), query_start_loc_cpu=starts, seq_lens_cpu=seq_lens)
         batch = StepBatch(dev(input_ids, torch.int64), dev(positions, torch.int64), attn,
-                          dev(sample_rows, torch.int64), sample_seqs, prompt_rows, pool_rows, scheduled)
+                          dev(sample_rows, torch.int64), sample_seqs, prompt_rows, pool_rows, pending_inputs)
         if self.prefix_lm:
             prefix_lens = [item.seq.prefix_len for item in scheduled]
             attn.prefix_lens, attn.prefix_lens_cpu = dev(prefix_lens, torch.int32), prefix_lens

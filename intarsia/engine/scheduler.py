@@ -50,7 +50,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            if seq.pending_row is not None and self._pending_is_last(seq):
+            if seq.pending_row is not None and seq.ends_by_length(seq.num_tokens, self.max_model_len):
                 i += 1  # finishes by length when its in-flight token is read: nothing to run
                 continue
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
@@ -95,10 +95,6 @@ class Scheduler:
             scheduled.append(ScheduledSeq(seq, num_new))
             budget -= num_new
         return scheduled
-
-    def _pending_is_last(self, seq: Sequence) -> bool:
-        max_tokens = seq.params.max_tokens or self.max_model_len
-        return seq.num_tokens - seq.num_prompt_tokens >= max_tokens or seq.num_tokens >= self.max_model_len
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.release(seq)

@@ -83,6 +83,12 @@ class Sequence:
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
 
+    def ends_by_length(self, num_tokens: int, max_model_len: int) -> bool:
+        """Whether a sequence of `num_tokens` tokens is done by length: `max_tokens`
+        outputs (max_model_len if unset) or a full context."""
+        max_outputs = self.params.max_tokens or max_model_len
+        return num_tokens - self.num_prompt_tokens >= max_outputs or num_tokens >= max_model_len
+
     @property
     def prefix_len(self) -> int:
         """Prompt tokens attended bidirectionally (a prefix-LM model's prefix), else 0."""
