@@ -4,6 +4,7 @@ import base64
 import functools
 import http.server
 import io
+import os
 import socket
 import threading
 
@@ -164,6 +165,23 @@ def test_worker_processes_match_threads(qwen2_vl, qwen2_vl_processes):
         assert a.prompt_token_ids == b.prompt_token_ids
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         assert a.outputs[0].cumulative_logprob == pytest.approx(b.outputs[0].cumulative_logprob, abs=1e-5)
+
+
+class KillsItsUnpickler:
+    """Media whose unpickling ends the process: a preprocessing worker that crashes."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_dying_worker_fails_its_prompt_alone(qwen2_vl_processes):
+    with pytest.raises(ValueError, match="preprocessing worker process died"):
+        qwen2_vl_processes.generate({"prompt": "x", "multi_modal_data": {"image": KillsItsUnpickler()}},
+                                    GREEDY, use_tqdm=False)
+    image = "<|vision_start|><|image_pad|><|vision_end|>"
+    out = qwen2_vl_processes.generate(f"{image} is", GREEDY, images=random_image(56, 56, 50),
+                                      use_tqdm=False)  # the pool was replaced
+    assert len(out[0].outputs[0].token_ids) == GREEDY.max_tokens
 
 
 @pytest.mark.parametrize("engine", ["qwen2_vl", "qwen2_vl_processes"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import pickle
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -117,24 +118,42 @@ def _process(request: tuple[str | None, bytes]) -> tuple[str | None, bytes]:
 
 class ProcessorPool:
     """`process(prompt, mm_data)` of a processor built by `make_processor` (a picklable
-    callable) in each of `workers` spawned processes; errors are re-raised here."""
+    callable) in each of `workers` spawned processes; errors are re-raised here. A worker
+    that dies (a crashing decoder, the OOM killer) breaks the pool: it is replaced, and
+    the prompts it took down are tried once more on the new one."""
 
     def __init__(self, make_processor: Callable[[], Any], workers: int) -> None:
+        self.make_processor, self.workers = make_processor, workers
+        self.lock = threading.Lock()  # prompts run on several threads; one replaces a pool
+        self.executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")  # fork is unsafe once CUDA is up
-        started = context.Barrier(workers)
-        self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                            initargs=(make_processor, started))
+        started = context.Barrier(self.workers)
+        executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
+                                       initargs=(self.make_processor, started))
         # Spawning and imports take seconds: start every worker now, not in the first
         # batch. Each start call holds its worker at the barrier, so each lands on one.
         try:
-            for future in [self.executor.submit(_wait_all_started) for _ in range(workers)]:
+            for future in [executor.submit(_wait_all_started) for _ in range(self.workers)]:
                 future.result()
         except BrokenProcessPool as e:
-            self.executor.shutdown(cancel_futures=True)
+            executor.shutdown(cancel_futures=True)
             raise RuntimeError(f"the preprocessing worker processes failed to start: {e}") from e
+        return executor
 
     def process(self, prompt: dict, mm_data: dict[str, Any]) -> ProcessedPrompt:
-        return _unpack(self.executor.submit(_process, _pack((prompt, mm_data))).result())
+        for _ in range(2):
+            executor = self.executor
+            try:
+                return _unpack(executor.submit(_process, _pack((prompt, mm_data))).result())
+            except BrokenProcessPool:
+                with self.lock:
+                    if self.executor is executor:  # not yet replaced by another prompt's thread
+                        executor.shutdown(wait=False, cancel_futures=True)
+                        self.executor = self._start()
+        raise ValueError("a preprocessing worker process died twice while processing this prompt "
+                         "(a crash or out of memory in media decoding or the HF processor)")
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
