@@ -29,11 +29,9 @@ import torch
 from intarsia.processors.text import ProcessedPrompt
 
 _START_TIMEOUT_S = 600
+_ALIGN = 64  # bytes: each tensor starts at an aligned offset of the shared block
 _worker_processor: Any = None  # the processor of this worker process
 _workers_started: Any = None  # a barrier shared by the pool's processes
-
-
-_ALIGN = 64
 
 
 class _TensorsAside(pickle.Pickler):
@@ -82,7 +80,6 @@ def _pack(obj: Any) -> tuple[str | None, bytes]:
             torch.frombuffer(block.buf, dtype=torch.uint8, count=nbytes, offset=offset).copy_(
                 tensor.reshape(-1).view(torch.uint8))
         offset += -(-nbytes // _ALIGN) * _ALIGN
-    del pickler  # drops the views of the block before closing it
     block.close()
     return block.name, buffer.getvalue()
 
