@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForImageTextToText
 from transformers.generation.streamers import BaseStreamer
 
 from benchmarks.common import sync
+from benchmarks.profile_step import timed_steps, top_kernels
 from intarsia import LLM, SamplingParams
 from intarsia.tiny_multimodal import qwen2_vl_parts
 
@@ -211,31 +211,13 @@ def kernel_tables(llm: LLM, pictures: list[Image.Image], output_len: int) -> Non
     for picture in pictures:
         engine.add_request(llm._make_request({"prompt": PROMPT, "multi_modal_data": {"image": picture}},
                                              params, {}))
-    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
-
-    def table(label: str, steps: int) -> None:
-        sync(llm.config.device)
-        with profile(activities=activities) as prof:
-            begin = time.perf_counter()
-            for _ in range(steps):
-                engine.step()
-            sync(llm.config.device)
-        print(f"\n== {label}: {(time.perf_counter() - begin) / steps * 1e3:.1f} ms/step ==")
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15,
-                                        max_name_column_width=50))
-
-    table("first prefill step", 1)
+    top_kernels(llm, "first prefill step", steps=1)
     while any(not seq.is_prefill_done for seq in engine.scheduler.running) or engine.scheduler.waiting:
         engine.step()
-    for _ in range(10):
-        engine.step()
-    begin = time.perf_counter()
-    for _ in range(5):
-        engine.step()
-    sync(llm.config.device)
+    timed_steps(llm, 10)  # settle into full-batch decoding
     print(f"\ndecode batch {len(engine.scheduler.running)}: "
-          f"{(time.perf_counter() - begin) / 5 * 1e3:.1f} ms/step without the profiler")
-    table("decode steps", 3)
+          f"{timed_steps(llm, 5):.1f} ms/step without the profiler")
+    top_kernels(llm, "decode steps")
     while engine.has_unfinished():
         engine.step()
 

@@ -15,6 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import LlamaConfig
 
+from benchmarks.common import sync
 from intarsia import LLM, SamplingParams
 from intarsia.engine.sequence import Request
 
@@ -42,19 +43,21 @@ def add(llm: LLM, n: int, prompt_len: int, max_tokens: int) -> None:
 
 
 def timed_steps(llm: LLM, steps: int) -> float:
-    torch.cuda.synchronize()
+    """Mean wall time of the next `steps` engine steps, in ms."""
+    sync(llm.config.device)
     start = time.perf_counter()
     for _ in range(steps):
         llm.engine.step()
-    torch.cuda.synchronize()
+    sync(llm.config.device)
     return (time.perf_counter() - start) / steps * 1000
 
 
 def top_kernels(llm: LLM, label: str, steps: int = 3) -> None:
+    """torch.profiler's table of the next `steps` engine steps."""
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             llm.engine.step()
-        torch.cuda.synchronize()
+        sync(llm.config.device)
     print(f"\n== {label}: top kernels over {steps} steps ==")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
