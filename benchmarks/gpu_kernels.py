@@ -10,6 +10,8 @@
    dim 128, bf16), replayed from a CUDA graph: time and KV bytes read / time against
    the copy bandwidth. Prefill kernel at a few sizes against torch SDPA (flash).
 `--tune` also sweeps the decode partitioning and tile configurations (graph replay).
+`--linear` times the Llama-3.1-8B decode linears on one row: cuBLAS against the Triton GEMV
+over its tile configurations (graph replay, weights beyond L2).
 
 Timings are medians of `triton.testing.do_bench`, which clears the L2 cache before
 every run, so small working sets are not served from L2.
@@ -33,6 +35,7 @@ from triton.testing import do_bench
 
 from intarsia.kernels import reference as ref
 from intarsia.kernels import triton_attention as ta
+from intarsia.kernels import triton_linear as tlin
 from intarsia.kernels import triton_ops as to
 from intarsia.kernels.metadata import AttentionMetadata
 
@@ -108,6 +111,13 @@ def check_correctness(rows: list[tuple[str, str, float, bool]]) -> None:
         for approx in ("none", "tanh"):
             record(f"gelu_and_mul {approx}", dtype, to.gelu_and_mul(h, approx),
                    ref.gelu_and_mul(h, approx))
+        record("quick_gelu 4096x28672", dtype, to.quick_gelu(h), ref.quick_gelu(h))
+        for k, n in ((4096, 6144), (14336, 4096), (3584, 37)):  # the last: a masked N tail
+            row, weight, bias = (torch.randn(1, k, device=DEV, dtype=dtype),
+                                 torch.randn(n, k, device=DEV, dtype=dtype) / k**0.5,
+                                 torch.randn(n, device=DEV, dtype=dtype))
+            record(f"gemv 1x{k} -> {n} (+bias)", dtype, tlin.gemv(row, weight, bias),
+                   ref.linear(row.float(), weight.float(), bias.float()))
 
         positions = torch.randint(0, 8192, (tokens,), device=DEV)
         for is_neox, rot in ((True, 128), (False, 128), (True, 64)):
@@ -122,6 +132,17 @@ def check_correctness(rows: list[tuple[str, str, float, bool]]) -> None:
             name = f"rotary {'neox' if is_neox else 'gptj'} rot={rot} (strided q/k)"
             record(name + " q", dtype, got[0], want[0])
             record(name + " k", dtype, got[1], want[1])
+            # Fused with the cache write: rotated keys and values go to their slots.
+            v = qkv[:, 40 * 128:].view(tokens, 8, 128)
+            q, k = qkv[:, : 32 * 128].view(tokens, 32, 128), qkv[:, 32 * 128: 40 * 128].view(tokens, 8, 128)
+            slots = torch.randperm(512 * 16, device=DEV)[:tokens]
+            caches = [torch.zeros(512, 16, 8, 128, device=DEV, dtype=dtype) for _ in range(4)]
+            want_q = ref.rotary_and_write_kv(positions, q.clone(), k, v, cache, is_neox, *caches[:2], slots)
+            got_q = to.rotary_and_write_kv(positions, q, k, v, cache, is_neox, *caches[2:], slots)
+            name = f"rotary+write_kv {'neox' if is_neox else 'gptj'} rot={rot}"
+            record(name + " q", dtype, got_q, want_q)
+            record(name + " k cache", dtype, caches[2], caches[0])
+            record(name + " v cache", dtype, caches[3], caches[1])
 
         kv = torch.randn(tokens, 2, 8, 128, device=DEV, dtype=dtype)
         slots = torch.randperm(512 * 16, device=DEV)[:tokens]
@@ -295,6 +316,46 @@ def tune() -> None:
         torch.cuda.empty_cache()
 
 
+# ----------------------------------------------------------------------------- linear
+
+# (name, in, out) of the Llama-3.1-8B shape's linears; `lm_head` runs once per step.
+DECODE_LINEARS = (("qkv", 4096, 6144), ("o_proj", 4096, 4096), ("gate_up", 4096, 28672),
+                  ("down", 14336, 4096), ("lm_head", 4096, 128256))
+
+
+def time_linear_calls(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                      weights: list[torch.Tensor]) -> float:
+    """us per call of `fn(x, w)` replayed from a graph that cycles through `weights`
+    (distinct copies, so none is served from L2)."""
+    graph, _ = capture(lambda: [fn(x, w) for w in weights][-1])
+    return bench_ms(graph.replay) * 1e3 / len(weights)
+
+
+def linear_sweep(copy_gbs: float) -> None:
+    for name, k, n in DECODE_LINEARS:
+        nbytes = n * k * 2
+        copies = max(2, min(8, -(-400_000_000 // nbytes)))
+        weights = [torch.randn(n, k, device=DEV, dtype=torch.bfloat16) / 64 for _ in range(copies)]
+        x = torch.randn(1, k, device=DEV, dtype=torch.bfloat16)
+        want = F.linear(x, weights[0])
+        rows = [("cublas", time_linear_calls(F.linear, x, weights)),
+                ("triton gemv (default tiles)", time_linear_calls(tlin.gemv, x, weights))]
+        for block_n, block_k, warps, stages in product((4, 8, 16), (256, 512, 1024), (4, 8), (3, 4)):
+            run = partial(tlin.gemv, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages)
+            try:
+                err = rel_err(run(x, weights[0]), want)
+                rows.append((f"gemv {block_n}/{block_k}/{warps}w/{stages}s err {err:.0e}",
+                             time_linear_calls(run, x, weights)))
+            except Exception as exc:  # a config may not fit in registers / shared memory
+                print(f"    gemv {block_n}/{block_k}/{warps}/{stages}: {exc!r:.60}")
+        print(f"  {name} [1x{k}] x [{k}x{n}] ({nbytes / 1e6:.0f} MB):", flush=True)
+        for label, us in rows[:2] + sorted(rows[2:], key=lambda r: r[1])[:4]:
+            gbs = nbytes / us / 1e3
+            print(f"    {label:<40} {us:8.1f} us {gbs:6.0f} GB/s {100 * gbs / copy_gbs:5.1f}% of copy")
+        del weights
+        torch.cuda.empty_cache()
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -337,9 +398,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true", help="also sweep tile configurations")
     parser.add_argument("--md", help="write the markdown tables to this file")
+    parser.add_argument("--linear", action="store_true", help="only the decode-linear sweep")
     args = parser.parse_args()
     card = torch.cuda.get_device_name()
     print(f"{card}, torch {torch.__version__}, triton {triton.__version__}")
+    if args.linear:
+        copy_gbs = copy_bandwidth()
+        print(f"copy bandwidth {copy_gbs:.0f} GB/s\n== decode linears ==")
+        linear_sweep(copy_gbs)
+        return
 
     print("\n== correctness (Triton vs torch reference) ==")
     correctness: list[tuple[str, str, float, bool]] = []

@@ -230,6 +230,7 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=None, help="default 64 (8 with --tiny)")
     parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--hf-batch-size", type=int, default=32)
+    parser.add_argument("--skip-hf", action="store_true", help="intarsia only")
     parser.add_argument("--timeline", action="store_true", help="intarsia only: step timeline, kernel tables")
     parser.add_argument("--profile", action="store_true",
                         help="intarsia only, under cProfile (the engine thread), printing where time goes")
@@ -241,14 +242,16 @@ def main() -> None:
     hf, processor, llm = build(args.tiny, device, dtype)
     warm = images(2, args.image_size, seed=1)
     run_intarsia(llm, warm, 2)
-    run_hf(hf, processor, warm, 2, args.hf_batch_size)
+    if not args.skip_hf:
+        run_hf(hf, processor, warm, 2, args.hf_batch_size)
     pictures = images(n, args.image_size)
     if args.profile or args.timeline:
         profile_intarsia(llm, pictures, output_len, use_cprofile=args.profile)
         return
     tokens = len(processor(text=[PROMPT], images=pictures[:1])["input_ids"][0])
-    results = [run_intarsia(llm, pictures, output_len),
-               run_hf(hf, processor, pictures, output_len, args.hf_batch_size)]
+    results = [run_intarsia(llm, pictures, output_len)]
+    if not args.skip_hf:
+        results.append(run_hf(hf, processor, pictures, output_len, args.hf_batch_size))
     base = results[-1]
     name = "tiny Qwen2-VL (CPU)" if args.tiny else "Qwen2-VL-7B shape, random weights"
     print(f"\n{name}: {n} requests x one {args.image_size}x{args.image_size} image "

@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--hf-max-requests", type=int, default=256,
                         help="cap on requests given to transformers per workload (its time is long)")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--decode-only", action="store_true", help="only the batch-1 decode latency")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     device = torch.device(preset["device"])
@@ -102,6 +103,8 @@ def main() -> None:
         theirs = decode_ms_per_token(hf_one, prompt_len, new_tokens, device)
         print(f"  transformers  {theirs:8.2f} ms/token ({theirs / ours:.1f}x intarsia's time)")
 
+    if args.decode_only:
+        return
     for kind, n, input_len, output_len in preset["workloads"]:
         if kind == "fixed":
             workload = fixed_workload(n, input_len, output_len, vocab)

@@ -246,6 +246,32 @@ def group_write_kv() -> None:
         assert torch.equal(caches[0], want[0]) and torch.equal(caches[1], want[1])
 
 
+def group_rotary_write_kv() -> None:
+    """Rotary fused with the cache write == rotary, then the write (the reference)."""
+    from intarsia.kernels import triton_ops as to
+
+    for dtype in DTYPES:
+        for head_dim, rot, is_neox in ((64, 64, True), (64, 64, False), (80, 32, True), (80, 32, False)):
+            qkv = torch.randn(9, 4 + 2 + 2, head_dim).to(dtype)  # GQA 2: strided q/k/v slices
+            q, k, v = qkv[:, :4], qkv[:, 4:6], qkv[:, 6:]
+            positions = torch.randint(0, 40, (9,))
+            table = torch.randn(40, rot)
+            slots = torch.randperm(4 * 16)[:9]
+            slots[[0, 7]] = -1
+            caches = [torch.randn(4, 16, 2, head_dim).to(dtype) for _ in range(2)]
+            want_caches = [c.clone() for c in caches]
+            k_before = k.clone()
+            want_q = ref.rotary_and_write_kv(positions, q.clone(), k.clone(), v, table, is_neox,
+                                             *want_caches, slots)
+            got_q = to.rotary_and_write_kv(positions, q, k, v, table, is_neox, *caches, slots)
+            what = f"rotary+write_kv neox={is_neox} D={head_dim} rot={rot} {dtype}"
+            assert_close(got_q, want_q, what + " q")
+            assert_close(qkv[:, :4], want_q, what + " q in place")
+            assert_close(caches[0], want_caches[0], what + " k cache")
+            assert torch.equal(caches[1], want_caches[1]), what + " v cache"
+            assert torch.equal(k, k_before), what + ": k itself is left as it was"
+
+
 def group_decode() -> None:
     from intarsia.kernels import triton_attention as ta
 
@@ -366,13 +392,37 @@ def group_ops() -> None:
         for approximate in ("none", "tanh"):
             assert_close(to.gelu_and_mul(x, approximate), ref.gelu_and_mul(x, approximate),
                          f"gelu_and_mul {approximate} {dtype}")
+        assert_close(to.quick_gelu(x), ref.quick_gelu(x), f"quick_gelu {dtype}")
+        assert_close(to.quick_gelu(x[:, 1:3]), ref.quick_gelu(x[:, 1:3]), "quick_gelu strided")
+
+
+def group_linear() -> None:
+    """The GEMV == F.linear on one row: K a multiple of the tile or not, N not a multiple
+    of the rows per program, bias or not, leading dims kept."""
+    import torch.nn.functional as F
+
+    from intarsia.kernels import triton_linear as tlin
+
+    for dtype in DTYPES:
+        for k, n, bias in ((128, 48, False), (100, 37, True), (1024, 70, True), (96, 16, False)):
+            x = torch.randn(1, 1, k).to(dtype)
+            w = (torch.randn(n, k) / k**0.5).to(dtype)
+            b = torch.randn(n).to(dtype) if bias else None
+            want = F.linear(x.float(), w.float(), None if b is None else b.float()).to(dtype)
+            for block_k in (64, 512):
+                got = tlin.gemv(x, w, b, block_n=8, block_k=block_k)
+                assert_close(got, want, f"gemv {k} -> {n} bias={bias} BLOCK_K={block_k} {dtype}")
+    with pytest.raises(ValueError, match="one row"):
+        tlin.gemv(torch.randn(2, 8), torch.randn(4, 8))
 
 
 GROUPS: dict[str, Callable[[], None]] = {
     "write_kv": group_write_kv,
+    "rotary_write_kv": group_rotary_write_kv,
     "decode": group_decode,
     "prefill": group_prefill,
     "ops": group_ops,
+    "linear": group_linear,
 }
 
 

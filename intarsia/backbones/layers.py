@@ -10,6 +10,7 @@ from torch import nn
 
 from intarsia import kernels
 from intarsia.backbones.context import ForwardContext
+from intarsia.backbones.rotary import RotaryEmbedding
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
@@ -40,7 +41,7 @@ class Linear(nn.Module):
         default_weight_loader(param.data.narrow(0, start, size), loaded)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return kernels.linear(x, self.weight, self.bias)
 
 
 def fused_linear(in_features: int, parts: dict[str, int], bias: bool = False) -> Linear:
@@ -84,9 +85,11 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         if residual is not None:
             x = residual = x + residual
-        weight = None if self.weight is None else self.weight.float() + self.offset
-        bias = None if self.bias is None else self.bias.float()
-        out = F.layer_norm(x.float(), x.shape[-1:], weight, bias, self.eps).to(x.dtype)
+        if self.offset:  # (1 + w) is formed in float32, before any rounding
+            out = F.layer_norm(x.float(), x.shape[-1:], self.weight.float() + self.offset,
+                               None if self.bias is None else self.bias.float(), self.eps).to(x.dtype)
+        else:  # torch's kernel accumulates in float32 for half inputs (as nn.LayerNorm)
+            out = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         return out if residual is None else (out, residual)
 
 
@@ -132,7 +135,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
     "relu2": lambda x: F.relu(x).square(),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # CLIP, Qwen2-VL vision
+    "quick_gelu": kernels.quick_gelu,  # CLIP, Qwen2-VL vision
 }
 
 # Gated activations with a fused "act(gate) * up" kernel.
@@ -194,13 +197,19 @@ class PagedAttention(nn.Module):
         self.scale, self.sliding_window, self.softcap = scale, sliding_window, softcap
         self.register_buffer("alibi_slopes", alibi_slopes, persistent=False)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
+                rope: RotaryEmbedding | None = None, positions: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Attention of q over the cache with k, v added; `rope` (at `positions`) rotates
+        q and k first, fused with the cache write."""
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        kernels.write_kv_cache(k, v, k_cache, v_cache, ctx.attn.slot_mapping)
+        if rope is not None:
+            q = rope.rotate_and_cache(positions, q, k, v, k_cache, v_cache, ctx.attn.slot_mapping)
+        else:
+            kernels.write_kv_cache(k, v, k_cache, v_cache, ctx.attn.slot_mapping)
         out = kernels.paged_attention(q, k_cache, v_cache, ctx.attn, self.scale,
                                       self.sliding_window, self.softcap, self.alibi_slopes)
         return out.reshape(-1, self.num_heads * self.head_dim)

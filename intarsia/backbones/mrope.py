@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from transformers import PretrainedConfig
 
-from intarsia import kernels
 from intarsia.backbones.rotary import RotaryEmbedding
 
 
@@ -33,16 +32,12 @@ class MRotaryEmbedding(RotaryEmbedding):
         section = config.rope_parameters.get("mrope_section", [16, 24, 24])  # transformers default
         return cls(table.cos_sin_cache, head_dim, is_neox, list(section))
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor,
-                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [3, tokens] (or [tokens] for text-only batches)."""
+    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [3, tokens] (or [tokens] for text-only batches). Each token's
+        cos|sin row is assembled from its three positions: a table of its own."""
         if positions.dim() == 1:
-            return super().forward(positions, q, k)
-        num_tokens = q.shape[0]
+            return super().lookup(positions)
+        num_tokens = positions.shape[1]
         per_row = self.cos_sin_cache[positions]  # [3, tokens, rotary_dim]
         table = per_row.gather(0, self.section_rows.expand(1, num_tokens, -1))[0]
-        q3 = q.view(num_tokens, -1, self.head_dim)
-        k3 = k.view(num_tokens, -1, self.head_dim)
-        rows = torch.arange(num_tokens, device=q.device)
-        q3, k3 = kernels.rotary_embedding(rows, q3, k3, table, self.is_neox)
-        return q3.reshape(num_tokens, -1), k3.reshape(num_tokens, -1)
+        return torch.arange(num_tokens, device=positions.device), table

@@ -69,11 +69,25 @@ class RotaryEmbedding(nn.Module):
         cache = torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1)
         return cls(cache, head_dim, is_neox)
 
+    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each token's row in a cos|sin table, that table)."""
+        return positions, self.cos_sin_cache
+
     def forward(self, positions: torch.Tensor, q: torch.Tensor,
                 k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q, k: [tokens, heads * head_dim] (views are fine) -> rotated, same shape."""
         num_tokens = q.shape[0]
         q3 = q.view(num_tokens, -1, self.head_dim)
         k3 = k.view(num_tokens, -1, self.head_dim)
-        q3, k3 = kernels.rotary_embedding(positions, q3, k3, self.cos_sin_cache, self.is_neox)
+        rows, table = self.lookup(positions)
+        q3, k3 = kernels.rotary_embedding(rows, q3, k3, table, self.is_neox)
         return q3.reshape(num_tokens, -1), k3.reshape(num_tokens, -1)
+
+    def rotate_and_cache(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                         v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         slot_mapping: torch.Tensor) -> torch.Tensor:
+        """q, k, v: [tokens, heads, head_dim]. Rotates q (returned) and k, and stores the
+        rotated keys and the values at their cache slots, in one kernel."""
+        rows, table = self.lookup(positions)
+        return kernels.rotary_and_write_kv(rows, q, k, v, table, self.is_neox, k_cache, v_cache,
+                                           slot_mapping)

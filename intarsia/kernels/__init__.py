@@ -18,12 +18,12 @@ from intarsia.kernels.metadata import AttentionMetadata
 
 
 @functools.cache
-def _triton_modules() -> tuple[ModuleType, ModuleType] | None:
+def _triton_modules() -> tuple[ModuleType, ModuleType, ModuleType] | None:
     try:
-        from intarsia.kernels import triton_attention, triton_ops
+        from intarsia.kernels import triton_attention, triton_linear, triton_ops
     except ImportError:
         return None
-    return triton_attention, triton_ops
+    return triton_attention, triton_ops, triton_linear
 
 
 @functools.cache
@@ -35,11 +35,18 @@ def _triton_moe() -> ModuleType | None:
     return triton_moe
 
 
-def _triton_for(x: torch.Tensor) -> tuple[ModuleType, ModuleType] | None:
+def _triton_for(x: torch.Tensor) -> tuple[ModuleType, ModuleType, ModuleType] | None:
     """The Triton modules if `x` should take the Triton path, else None."""
     if not x.is_cuda or os.environ.get("INTARSIA_KERNELS") == "torch":
         return None
     return _triton_modules()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    mods = _triton_for(x)
+    if mods and x.numel() == x.shape[-1] and weight.stride(-1) == 1:  # one row: batch-1 decode
+        return mods[2].gemv(x, weight, bias)
+    return reference.linear(x, weight, bias)
 
 
 def write_kv_cache(
@@ -96,6 +103,22 @@ def rotary_embedding(
                                                              is_neox)
 
 
+def rotary_and_write_kv(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    mods = _triton_for(q)
+    return (mods[1] if mods else reference).rotary_and_write_kv(
+        positions, q, k, v, cos_sin_cache, is_neox, k_cache, v_cache, slot_mapping)
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     mods = _triton_for(x)
     return (mods[1] if mods else reference).silu_and_mul(x)
@@ -104,6 +127,11 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 def gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     mods = _triton_for(x)
     return (mods[1] if mods else reference).gelu_and_mul(x, approximate)
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    mods = _triton_for(x)
+    return (mods[1] if mods else reference).quick_gelu(x)
 
 
 def fused_experts(
@@ -122,8 +150,8 @@ fused_experts.__doc__ = moe_reference.fused_experts.__doc__
 
 
 # The dispatchers document themselves through the implementation they stand for.
-for _fn in (write_kv_cache, paged_attention, rms_norm, fused_add_rms_norm, rotary_embedding,
-            silu_and_mul, gelu_and_mul):
+for _fn in (linear, write_kv_cache, paged_attention, rms_norm, fused_add_rms_norm, rotary_embedding,
+            rotary_and_write_kv, silu_and_mul, gelu_and_mul, quick_gelu):
     _fn.__doc__ = getattr(reference, _fn.__name__).__doc__
 del _fn
 
@@ -132,8 +160,11 @@ __all__ = [
     "fused_add_rms_norm",
     "fused_experts",
     "gelu_and_mul",
+    "linear",
     "paged_attention",
+    "quick_gelu",
     "rms_norm",
+    "rotary_and_write_kv",
     "rotary_embedding",
     "silu_and_mul",
     "write_kv_cache",

@@ -14,6 +14,11 @@ import torch.nn.functional as F
 from intarsia.kernels.metadata import AttentionMetadata
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x W^T + b`` (`F.linear`); on CUDA a single row takes the Triton GEMV."""
+    return F.linear(x, weight, bias)
+
+
 def write_kv_cache(
     key: torch.Tensor,
     value: torch.Tensor,
@@ -174,6 +179,24 @@ def rotary_embedding(
     return apply(q), apply(k)
 
 
+def rotary_and_write_kv(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """`rotary_embedding`, then the rotated keys and the values to their cache slots
+    (`write_kv_cache`); returns the rotated q."""
+    q, k = rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
+    write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    return q
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """``silu(x[..., :d]) * x[..., d:]`` for a fused gate/up projection of width 2d."""
     gate, up = x.chunk(2, dim=-1)
@@ -184,3 +207,8 @@ def gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """``gelu(x[..., :d]) * x[..., d:]``; `approximate` is "none" or "tanh"."""
     gate, up = x.chunk(2, dim=-1)
     return F.gelu(gate, approximate=approximate) * up
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """``x * sigmoid(1.702 x)`` (CLIP's and Qwen2-VL's vision MLPs)."""
+    return x * torch.sigmoid(1.702 * x)

@@ -163,38 +163,121 @@ def rotary_embedding(
     return q, k
 
 
-# ----------------------------------------------------------------------------- gated MLP
+@triton.jit
+def _rotary_write_kv_kernel(
+    pos_ptr, q_ptr, k_ptr, v_ptr, cache_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+    stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
+    stride_vt, stride_vh, stride_vd, stride_cache,
+    stride_kcb, stride_kcs, stride_kch, stride_kcd,
+    stride_vcb, stride_vcs, stride_vch, stride_vcd,
+    num_q_heads,
+    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
+    IS_NEOX: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    pos = tl.load(pos_ptr + token).to(tl.int64)
+    row = cache_ptr + pos * stride_cache
+    j = tl.arange(0, BLOCK_HALF)[None, :]
+    cos = tl.load(row + j, mask=j < HALF, other=0.0).to(tl.float32)
+    sin = tl.load(row + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
+    _rotate_heads(q_ptr, token, stride_qt, stride_qh, stride_qd, num_q_heads, cos, sin,
+                  IS_NEOX, HALF, BLOCK_HQ, BLOCK_HALF)
+    slot = tl.load(slot_ptr + token)
+    if slot >= 0:
+        # Each feature d of a key pairs with a partner: out = x_d cos + sign x_partner sin
+        # on the rotated features, x_d beyond them (partial rotary).
+        h = tl.arange(0, BLOCK_HK)[:, None]
+        d = tl.arange(0, BLOCK_D)[None, :]
+        mask = (h < NUM_KV_HEADS) & (d < HEAD_DIM)
+        if IS_NEOX:
+            first = d < HALF
+            partner = tl.where(first, d + HALF, d - HALF)
+            freq = tl.where(first, d, d - HALF)
+        else:
+            first = d % 2 == 0
+            partner = tl.where(first, d + 1, d - 1)
+            freq = d // 2
+        rotated = d < 2 * HALF
+        key = k_ptr + token * stride_kt + h * stride_kh
+        x = tl.load(key + d * stride_kd, mask=mask, other=0.0).to(tl.float32)
+        x_partner = tl.load(key + partner * stride_kd, mask=mask & rotated, other=0.0).to(tl.float32)
+        cos_d = tl.load(row + freq, mask=rotated, other=1.0).to(tl.float32)
+        sin_d = tl.load(row + HALF + freq, mask=rotated, other=0.0).to(tl.float32)
+        k_out = x * cos_d + tl.where(first, -x_partner, x_partner) * sin_d
+        v = tl.load(v_ptr + token * stride_vt + h * stride_vh + d * stride_vd, mask=mask)
+        page, offset = slot // PAGE, slot % PAGE
+        tl.store(k_cache_ptr + page * stride_kcb + offset * stride_kcs + h * stride_kch + d * stride_kcd,
+                 k_out.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_cache_ptr + page * stride_vcb + offset * stride_vcs + h * stride_vch + d * stride_vcd,
+                 v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def rotary_and_write_kv(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """`rotary_embedding` then `write_kv_cache` in one kernel: q rotated in place (and
+    returned); the rotated keys and the values go to their cache slots, k is left as it is."""
+    num_tokens, num_kv_heads, head_dim = k.shape
+    half = cos_sin_cache.shape[-1] // 2
+    cache = cos_sin_cache if cos_sin_cache.stride(-1) == 1 else cos_sin_cache.contiguous()
+    if num_tokens > 0:
+        _rotary_write_kv_kernel[(num_tokens,)](
+            positions.contiguous(), q, k, v, cache, k_cache, v_cache, slot_mapping,
+            *q.stride(), *k.stride(), *v.stride(), cache.stride(0),
+            *k_cache.stride(), *v_cache.stride(), q.shape[1],
+            NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, PAGE=k_cache.shape[1],
+            IS_NEOX=is_neox, HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
+            BLOCK_HQ=triton.next_power_of_2(q.shape[1]), BLOCK_HK=triton.next_power_of_2(num_kv_heads),
+            BLOCK_D=triton.next_power_of_2(head_dim),
+        )
+    return q
+
+
+# ----------------------------------------------------------------------------- activations
 
 
 @triton.jit
-def _act_and_mul_kernel(
+def _activation_kernel(
     x_ptr, out_ptr, stride_x, stride_o, d,
-    ACT: tl.constexpr, BLOCK: tl.constexpr,
+    ACT: tl.constexpr, GATED: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """act(x[:, :d]), times x[:, d:2d] when GATED."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < d
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(x_ptr + row * stride_x + d + cols, mask=mask, other=0.0).to(tl.float32)
     if ACT == "silu":
         act = gate * tl.sigmoid(gate)
+    elif ACT == "quick_gelu":
+        act = gate * tl.sigmoid(1.702 * gate)
     elif ACT == "gelu":
         act = 0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476))
     else:  # "gelu_tanh"
         inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
         act = 0.5 * gate * (1.0 + tanh(inner))
-    tl.store(out_ptr + row * stride_o + cols, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
+    if GATED:
+        act *= tl.load(x_ptr + row * stride_x + d + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, act.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _act_and_mul(x: torch.Tensor, act: str) -> torch.Tensor:
+def _activation(x: torch.Tensor, act: str, gated: bool) -> torch.Tensor:
     x2 = _rows(x)
-    d = x2.shape[1] // 2
+    d = x2.shape[1] // 2 if gated else x2.shape[1]
     out = torch.empty(*x.shape[:-1], d, dtype=x.dtype, device=x.device)
     block = min(triton.next_power_of_2(d), 1024)
     if x2.shape[0] > 0 and d > 0:
         o2 = out.view(-1, d)
-        _act_and_mul_kernel[(x2.shape[0], triton.cdiv(d, block))](
-            x2, o2, x2.stride(0), o2.stride(0), d, ACT=act, BLOCK=block,
+        _activation_kernel[(x2.shape[0], triton.cdiv(d, block))](
+            x2, o2, x2.stride(0), o2.stride(0), d, ACT=act, GATED=gated, BLOCK=block,
             num_warps=_row_warps(block),
         )
     return out
@@ -202,11 +285,16 @@ def _act_and_mul(x: torch.Tensor, act: str) -> torch.Tensor:
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """``silu(x[..., :d]) * x[..., d:]`` for a fused gate/up projection of width 2d."""
-    return _act_and_mul(x, "silu")
+    return _activation(x, "silu", gated=True)
 
 
 def gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """``gelu(x[..., :d]) * x[..., d:]``; `approximate` is "none" or "tanh"."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-    return _act_and_mul(x, "gelu" if approximate == "none" else "gelu_tanh")
+    return _activation(x, "gelu" if approximate == "none" else "gelu_tanh", gated=True)
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """``x * sigmoid(1.702 x)`` (CLIP's and Qwen2-VL's vision MLPs)."""
+    return _activation(x, "quick_gelu", gated=False)
