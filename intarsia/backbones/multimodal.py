@@ -18,6 +18,7 @@ from intarsia.backbones.context import ForwardContext
 from intarsia.backbones.decoder import CausalLM, WeightMap, load_named_weights
 from intarsia.engine.registry import registry
 from intarsia.processors.multimodal import MultiModalItem
+from intarsia.transfer import device_cat
 
 # Checkpoint layouts of the language model inside a multimodal checkpoint: the
 # classic `language_model.model.*` / `language_model.lm_head.*` and transformers 5's
@@ -87,5 +88,5 @@ class MultiModalCausalLM(nn.Module):
 
     def item_tensor(self, items: list[MultiModalItem], key: str, floating: bool = True) -> torch.Tensor:
         """`key` of every item's processor output, concatenated on the device."""
-        tensor = torch.cat([item.data[key] for item in items])
-        return tensor.to(self.device, self.dtype if floating else None)
+        return device_cat([item.data[key] for item in items], self.device,
+                          self.dtype if floating else None)

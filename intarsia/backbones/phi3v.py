@@ -48,10 +48,11 @@ class Phi3VPromptProcessor(MultiModalProcessor):
     modalities = ("image",)
 
     def __init__(self, tokenizer, model_path, hf_config: PretrainedConfig,
-                 limits: dict[str, int] | None = None) -> None:
+                 limits: dict[str, int] | None = None, media_dtype: torch.dtype | None = None) -> None:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path)
         processor = Phi3VProcessor(Phi3VImageProcessor.from_pretrained(model_path), tokenizer)
-        super().__init__(tokenizer, model_path, hf_config, limits, hf_processor=processor)
+        super().__init__(tokenizer, model_path, hf_config, limits, hf_processor=processor,
+                         media_dtype=media_dtype)
 
     def placeholder_prompt(self, modality: str) -> str:
         return self.placeholder_tokens[modality] + "\n"

@@ -97,6 +97,6 @@ class Qwen2VLForConditionalGeneration(MultiModalCausalLM):
         self.visual = Qwen2VisionTransformer(config.vision_config)
 
     def encode(self, modality: str, items: list[MultiModalItem]) -> list[torch.Tensor]:
-        grid = self.item_tensor(items, GRID_KEYS[modality], floating=False)
+        grid = torch.cat([item.data[GRID_KEYS[modality]] for item in items])  # read on the host
         merged = self.visual(self.item_tensor(items, PIXEL_KEYS[modality]), grid)
         return list(merged.split([item.length for item in items]))

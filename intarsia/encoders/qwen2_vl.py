@@ -11,6 +11,7 @@ from transformers import PretrainedConfig
 from intarsia.backbones.layers import LayerNorm, Linear, default_weight_loader
 from intarsia.encoders.projectors import MLPProjector
 from intarsia.encoders.transformer import ENCODER_LAYER_RENAMES, EncoderLayer
+from intarsia.transfer import device_tensor
 
 # Checkpoint names (`visual.*`) -> this module's names.
 QWEN2_VL_VISION_RENAMES = (
@@ -80,9 +81,10 @@ class Qwen2VisionTransformer(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Flattened patches [patches, C*T*P*P] of the images/videos in `grid_thw`
-        ([items, 3]) -> merged tokens [patches / merge^2, hidden], in item order."""
+        ([items, 3], best on the host: it is read there) -> merged tokens
+        [patches / merge^2, hidden], in item order."""
         grid = grid_thw.tolist()
-        positions = vision_positions(grid, self.merge).to(self.inv_freq.device)
+        positions = device_tensor(vision_positions(grid, self.merge), self.inv_freq.device)
         freqs = (positions[..., None].float() * self.inv_freq).flatten(1)  # [patches, head_dim/2]
         rotary = (torch.arange(len(freqs), device=freqs.device), torch.cat((freqs.cos(), freqs.sin()), -1))
         lengths = [h * w for t, h, w in grid for _ in range(t)]  # attention within each frame

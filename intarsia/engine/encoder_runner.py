@@ -17,6 +17,7 @@ from torch import nn
 
 from intarsia.engine.scheduler import ScheduledSeq
 from intarsia.processors.multimodal import MultiModalItem
+from intarsia.transfer import device_tensor
 
 
 @dataclass
@@ -74,7 +75,7 @@ class EncoderRunner:
         rows = torch.cat(parts, dim=1)
         if torch.equal(rows[0], rows[1]) and torch.equal(rows[0], rows[2]):
             rows = rows[0]
-        return rows.to(self.device, non_blocking=True)
+        return device_tensor(rows, self.device)
 
     def inlay(self, embeds: torch.Tensor, inlays: list[Inlay]) -> torch.Tensor:
         """Scatter encoder outputs into `embeds` (encoding the items not cached yet)."""
@@ -86,7 +87,7 @@ class EncoderRunner:
             values.append(output[inlay.first:inlay.first + inlay.count])
             if inlay.finishes_item:
                 self._release(inlay)
-        index = torch.cat(rows).to(embeds.device)
+        index = device_tensor(torch.cat(rows), embeds.device)
         embeds[index] = torch.cat(values).to(embeds.dtype)
         return embeds
 
@@ -97,7 +98,7 @@ class EncoderRunner:
             if item.hash in self.outputs:
                 continue
             if item.embeds is not None:
-                self.outputs[item.hash] = item.embeds.to(self.device, self.dtype)
+                self.outputs[item.hash] = device_tensor(item.embeds, self.device, self.dtype)
             else:
                 missing[item.modality][item.hash] = item
         for modality, items in missing.items():

@@ -73,7 +73,7 @@ def _build_processor(config: EngineConfig, tokenizer: PreTrainedTokenizerBase | 
     if config.entry.processor is None:
         return TextProcessor(tokenizer)
     return config.entry.processor(tokenizer, config.model_path, config.hf_config,
-                                  config.limit_mm_per_prompt)
+                                  config.limit_mm_per_prompt, media_dtype=config.dtype)
 
 
 def _prompt_batch(prompts: PromptType | list[PromptType], media: dict[str, Any]

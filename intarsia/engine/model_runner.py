@@ -14,9 +14,9 @@ from intarsia.engine.config import EngineConfig
 from intarsia.engine.cuda_graphs import DecodeGraphs
 from intarsia.engine.encoder_runner import EncoderRunner
 from intarsia.engine.loader import iterate_weights
-from intarsia.engine.sampler import device_tensor
 from intarsia.engine.scheduler import ScheduledSeq
 from intarsia.kernels import AttentionMetadata
+from intarsia.transfer import device_tensor
 
 _CPU_KV_CACHE_BYTES = 2 << 30  # default KV budget on the CPU
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from intarsia.engine.sequence import Sequence
+from intarsia.transfer import device_tensor
 
 
 @dataclass
@@ -115,15 +116,6 @@ def _copy_to_host(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     return host.copy_(tensor, non_blocking=True)
-
-
-def device_tensor(values: list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A small host list on the device without waiting for the device's queued work
-    (a plain copy would: the step ahead may still be running)."""
-    tensor = torch.tensor(values, dtype=dtype)
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 class Sampler:

@@ -182,7 +182,7 @@ class MultiModalProcessor(TextProcessor):
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase | None, model_path: Path,
                  hf_config: PretrainedConfig, limits: dict[str, int] | None = None,
-                 hf_processor: ProcessorMixin | None = None) -> None:
+                 hf_processor: ProcessorMixin | None = None, media_dtype: torch.dtype | None = None) -> None:
         if hf_processor is None:
             try:
                 hf_processor = AutoProcessor.from_pretrained(model_path)
@@ -190,6 +190,9 @@ class MultiModalProcessor(TextProcessor):
                 raise ValueError(f"cannot load the multimodal processor of {model_path}: {e}") from e
         super().__init__(tokenizer or hf_processor.tokenizer)
         self.hf_processor = hf_processor
+        # Floating media tensors are stored in the model's dtype (the encoders cast to it
+        # first, as transformers' do): half the bytes to keep, ship and copy to the device.
+        self.media_dtype = media_dtype
         self.hf_config = hf_config
         self.hidden_size = hf_config.get_text_config().hidden_size
         self.limits = dict(limits or {})
@@ -305,7 +308,8 @@ class MultiModalProcessor(TextProcessor):
         except (ValueError, TypeError, RuntimeError) as e:
             raise ValueError(f"the {modality} processor rejected the input: {e}") from e
         num_tokens = int((out["input_ids"] == self.placeholder_ids[modality]).sum())
-        data = {k: v for k, v in out.items() if k not in _TEXT_KEYS and isinstance(v, torch.Tensor)}
+        data = {k: v.to(self.media_dtype) if v.is_floating_point() and self.media_dtype else v
+                for k, v in out.items() if k not in _TEXT_KEYS and isinstance(v, torch.Tensor)}
         item = ProcessedItem(data, num_tokens, key)
         self.cache.put(key, item)
         return item

@@ -1,0 +1,32 @@
+"""Host-to-device copies that never wait for the device's queued work.
+
+The engine launches a step while the previous one still runs on the GPU. A copy
+from pageable host memory synchronises with the stream (torch's blocking copy
+waits for everything queued), which would let the GPU run dry while the host
+prepares the next step; a copy from pinned memory is queued like a kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def device_tensor(values: list | torch.Tensor, device: torch.device,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`values` (a host list or tensor) as a tensor on `device`."""
+    tensor = torch.as_tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def device_cat(parts: list[torch.Tensor], device: torch.device,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.cat(parts)`` (host tensors) on `device`, converted to `dtype`; on CUDA
+    concatenated straight into pinned memory, so the host makes one pass over the bytes."""
+    dtype = dtype or parts[0].dtype
+    if device.type != "cuda":
+        return torch.cat(parts).to(device, dtype)
+    staged = torch.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=dtype, pin_memory=True)
+    torch.cat([p.to(dtype) for p in parts], out=staged)
+    return staged.to(device, non_blocking=True)
