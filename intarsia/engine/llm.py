@@ -7,7 +7,6 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
@@ -29,8 +28,8 @@ from intarsia.engine.outputs import (
 from intarsia.engine.pooler import PoolerConfig
 from intarsia.engine.sampling_params import SamplingParams
 from intarsia.engine.sequence import Request
-from intarsia.processors.pool import PoolTask, ProcessorPool
-from intarsia.processors.text import ProcessedPrompt, TextProcessor
+from intarsia.processors.pool import ProcessorPool
+from intarsia.processors.text import TextProcessor
 
 PromptType = str | dict[str, Any]
 MODALITY_ARGS = {"images": "image", "videos": "video", "audio": "audio"}
@@ -86,37 +85,6 @@ def _prompt_batch(prompts: PromptType | list[PromptType], media: dict[str, Any]
         raise ValueError("no prompts given")
     return single, prompt_list, {name: _per_prompt(value, len(prompt_list), name)
                                  for name, value in media.items() if value is not None}
-
-
-def _prompt_and_media(prompt: PromptType, media: dict[str, Any]) -> tuple[dict, dict[str, Any]]:
-    """The prompt as a dict, and its media by modality (from multi_modal_data and the
-    generate() arguments)."""
-    if isinstance(prompt, str):
-        prompt = {"prompt": prompt}
-    if not isinstance(prompt, dict):
-        raise ValueError(f"a prompt must be a string or a dict, got {type(prompt).__name__}")
-    mm_data = dict(prompt.get("multi_modal_data") or {})
-    for arg, modality in MODALITY_ARGS.items():
-        if media.get(arg) is not None:
-            if modality in mm_data:
-                raise ValueError(f"{modality} given both as {arg}= and in multi_modal_data")
-            mm_data[modality] = media[arg]
-    return prompt, mm_data
-
-
-@dataclass
-class _PooledRequest:
-    """A prompt processed in the worker processes; `result()` makes its request in the
-    calling thread once `done()`."""
-
-    task: PoolTask
-    make: Callable[[ProcessedPrompt], Request]
-
-    def done(self) -> bool:
-        return self.task.done()
-
-    def result(self) -> Request:
-        return self.make(self.task.result())
 
 
 def _per_prompt(value: Any, count: int, name: str) -> list:
@@ -258,44 +226,25 @@ class LLM:
         become a request fails alone (ValueError for one prompt, else BatchError).
 
         Prompts are processed on worker threads (media decoding and HF processors for
-        multimodal models), or in worker processes where `mm_preprocess_processes` is set,
-        and join the running batch as soon as each is ready, so preprocessing overlaps the
-        engine's steps."""
-
-        def check_params(i: int) -> None:
-            if not isinstance(params[i], SamplingParams):
-                raise ValueError(f"sampling_params must be SamplingParams, got {type(params[i]).__name__}")
+        multimodal models, handed on to worker processes where `mm_preprocess_processes`
+        is set) and join the running batch as soon as each is ready, so preprocessing
+        overlaps the engine's steps."""
 
         def make(i: int) -> Request:
-            check_params(i)
+            if not isinstance(params[i], SamplingParams):
+                raise ValueError(f"sampling_params must be SamplingParams, got {type(params[i]).__name__}")
             return self._make_request(prompt_list[i], params[i], {k: v[i] for k, v in media.items()},
                                       pooling)
 
-        def submit_to_pool(i: int) -> Future | _PooledRequest:
-            try:
-                check_params(i)
-                prompt, mm_data = _prompt_and_media(prompt_list[i], {k: v[i] for k, v in media.items()})
-            except ValueError as e:
-                failed: Future = Future()
-                failed.set_exception(e)
-                return failed
-            return _PooledRequest(self._processor_pool.submit(prompt, mm_data),
-                                  partial(self._request, params=params[i], pooling=pooling))
-
-        if self._processor_pool is not None and not single:
-            # Unpacked and made requests here, between engine steps: on threads, that
-            # Python would hold the GIL that the engine's kernel launches wait for.
-            done, errors = self._run([submit_to_pool(i) for i in range(len(prompt_list))], use_tqdm)
-        else:
-            workers = min(8, os.cpu_count() or 1) if self.config.entry.multimodal and not single else 1
-            with ThreadPoolExecutor(workers, thread_name_prefix="intarsia-prompt") as pool:
-                futures = [pool.submit(make, i) for i in range(len(prompt_list))]
-                if single:
-                    try:
-                        futures[0].result()
-                    except (ValueError, FileNotFoundError) as e:
-                        raise ValueError(str(e)) from e
-                done, errors = self._run(futures, use_tqdm)
+        workers = min(8, os.cpu_count() or 1) if self.config.entry.multimodal and not single else 1
+        with ThreadPoolExecutor(workers, thread_name_prefix="intarsia-prompt") as pool:
+            futures = [pool.submit(make, i) for i in range(len(prompt_list))]
+            if single:
+                try:
+                    futures[0].result()
+                except (ValueError, FileNotFoundError) as e:
+                    raise ValueError(str(e)) from e
+            done, errors = self._run(futures, use_tqdm)
         outputs = [done.get(i) for i in range(len(prompt_list))]
         if errors:
             raise BatchError(errors, outputs)
@@ -318,19 +267,23 @@ class LLM:
 
     def _make_request(self, prompt: PromptType, params: SamplingParams, media: dict[str, Any],
                       pooling: PoolerConfig | None = None) -> Request:
-        prompt, mm_data = _prompt_and_media(prompt, media)
+        if isinstance(prompt, str):
+            prompt = {"prompt": prompt}
+        if not isinstance(prompt, dict):
+            raise ValueError(f"a prompt must be a string or a dict, got {type(prompt).__name__}")
+        mm_data = dict(prompt.get("multi_modal_data") or {})
+        for arg, modality in MODALITY_ARGS.items():
+            if media.get(arg) is not None:
+                if modality in mm_data:
+                    raise ValueError(f"{modality} given both as {arg}= and in multi_modal_data")
+                mm_data[modality] = media[arg]
         processed = (self._processor_pool or self.processor).process(prompt, mm_data)
-        return self._request(processed, params, pooling)
-
-    def _request(self, processed: ProcessedPrompt, params: SamplingParams,
-                 pooling: PoolerConfig | None) -> Request:
         request = Request(str(next(self._request_ids)), processed.prompt, processed.token_ids,
                           params, pooling=pooling, mm_inputs=processed.mm_inputs)
         self.engine.validate_prompt(request.prompt_token_ids)
         return request
 
-    def _run(self, futures: list[Future | _PooledRequest], use_tqdm: bool
-             ) -> tuple[dict[int, Any], dict[int, str]]:
+    def _run(self, futures: list[Future], use_tqdm: bool) -> tuple[dict[int, Any], dict[int, str]]:
         """Step the engine until every prompt's request is done; returns the outputs and
         the errors, by prompt index."""
         engine = self.engine
@@ -342,8 +295,7 @@ class LLM:
         start, generated = time.perf_counter(), 0
         while pending or engine.has_unfinished():
             if pending and not engine.has_unfinished():
-                wait([p.task.future if isinstance(p, _PooledRequest) else p for p in pending.values()],
-                     return_when=FIRST_COMPLETED)
+                wait(pending.values(), return_when=FIRST_COMPLETED)
             for i in [i for i, future in pending.items() if future.done()]:
                 try:
                     request = pending.pop(i).result()

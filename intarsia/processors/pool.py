@@ -19,7 +19,7 @@ import multiprocessing
 import pickle
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -113,32 +113,6 @@ def _process(request: tuple[str | None, bytes]) -> tuple[str | None, bytes]:
     return _pack(_worker_processor.process(prompt, mm_data))
 
 
-class PoolTask:
-    """One prompt in the pool. `done()` never blocks; `result()` (in any thread) waits
-    and unpacks, so a caller polling `done()` unpacks only what is ready."""
-
-    def __init__(self, pool: ProcessorPool, prompt: dict, mm_data: dict[str, Any]) -> None:
-        self.pool, self.args = pool, (prompt, mm_data)
-        self.tried_again = False
-        self.executor, self.future = pool._send(self.args)
-
-    def done(self) -> bool:
-        return self.future.done()
-
-    def result(self) -> ProcessedPrompt:
-        while True:
-            try:
-                return _unpack(self.future.result())
-            except BrokenProcessPool:
-                if self.tried_again:
-                    raise ValueError("a preprocessing worker process died twice while processing this "
-                                     "prompt (a crash or out of memory in media decoding or the HF "
-                                     "processor)") from None
-                self.tried_again = True
-                self.pool._replace(self.executor)
-                self.executor, self.future = self.pool._send(self.args)
-
-
 class ProcessorPool:
     """`process(prompt, mm_data)` of a processor built by `make_processor` (a picklable
     callable) in each of `workers` spawned processes; errors are re-raised here. A worker
@@ -165,26 +139,18 @@ class ProcessorPool:
             raise RuntimeError(f"the preprocessing worker processes failed to start: {e}") from e
         return executor
 
-    def submit(self, prompt: dict, mm_data: dict[str, Any]) -> PoolTask:
-        return PoolTask(self, prompt, mm_data)
-
     def process(self, prompt: dict, mm_data: dict[str, Any]) -> ProcessedPrompt:
-        return self.submit(prompt, mm_data).result()
-
-    def _send(self, args: tuple[dict, dict[str, Any]]) -> tuple[ProcessPoolExecutor, Future]:
-        executor = self.executor
-        try:
-            return executor, executor.submit(_process, _pack(args))
-        except BrokenProcessPool:  # broken before this prompt: the next call replaces it
-            future: Future = Future()
-            future.set_exception(BrokenProcessPool("the pool was already broken"))
-            return executor, future
-
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        with self.lock:
-            if self.executor is broken:  # not yet replaced for another prompt
-                broken.shutdown(wait=False, cancel_futures=True)
-                self.executor = self._start()
+        for _ in range(2):
+            executor = self.executor
+            try:
+                return _unpack(executor.submit(_process, _pack((prompt, mm_data))).result())
+            except BrokenProcessPool:
+                with self.lock:
+                    if self.executor is executor:  # not yet replaced by another prompt's thread
+                        executor.shutdown(wait=False, cancel_futures=True)
+                        self.executor = self._start()
+        raise ValueError("a preprocessing worker process died twice while processing this prompt "
+                         "(a crash or out of memory in media decoding or the HF processor)")
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
