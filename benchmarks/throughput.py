@@ -70,6 +70,8 @@ def main() -> None:
                         help="cap on requests given to transformers per workload (its time is long)")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--decode-only", action="store_true", help="only the batch-1 decode latency")
+    parser.add_argument("--workload", choices=["fixed", "sharegpt"],
+                        help="only this throughput workload (no decode latency, no kernel sweep)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     device = torch.device(preset["device"])
@@ -95,17 +97,20 @@ def main() -> None:
                         do_sample=False, pad_token_id=0)
 
     roofline_ms = weight_bytes / bandwidth * 1000
-    ours = decode_ms_per_token(intarsia_one, prompt_len, new_tokens, device)
-    print(f"\nbatch-1 decode ({prompt_len}-token prompt, {new_tokens} new): "
-          f"roofline {roofline_ms:.2f} ms/token")
-    print(f"  intarsia      {ours:8.2f} ms/token ({roofline_ms / ours:.0%} of roofline)")
-    if not args.skip_hf:
-        theirs = decode_ms_per_token(hf_one, prompt_len, new_tokens, device)
-        print(f"  transformers  {theirs:8.2f} ms/token ({theirs / ours:.1f}x intarsia's time)")
+    if not args.workload:
+        ours = decode_ms_per_token(intarsia_one, prompt_len, new_tokens, device)
+        print(f"\nbatch-1 decode ({prompt_len}-token prompt, {new_tokens} new): "
+              f"roofline {roofline_ms:.2f} ms/token")
+        print(f"  intarsia      {ours:8.2f} ms/token ({roofline_ms / ours:.0%} of roofline)")
+        if not args.skip_hf:
+            theirs = decode_ms_per_token(hf_one, prompt_len, new_tokens, device)
+            print(f"  transformers  {theirs:8.2f} ms/token ({theirs / ours:.1f}x intarsia's time)")
 
     if args.decode_only:
         return
     for kind, n, input_len, output_len in preset["workloads"]:
+        if args.workload and kind != args.workload:
+            continue
         if kind == "fixed":
             workload = fixed_workload(n, input_len, output_len, vocab)
         else:
@@ -124,7 +129,7 @@ def main() -> None:
                 results += [batch_result] if batch_result else []
         print_table(f"offline throughput, {kind}: {describe(workload)}", results, baseline)
 
-    if device.type == "cuda":  # the kernel sweep, against this run's copy bandwidth
+    if device.type == "cuda" and not args.workload:  # the kernel sweep, against this run's copy bandwidth
         from gpu_kernels import time_decode
 
         print("\ndecode attention (32 q / 8 KV heads, head dim 128, bf16):")
