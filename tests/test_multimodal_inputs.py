@@ -167,6 +167,20 @@ def test_worker_processes_match_threads(qwen2_vl, qwen2_vl_processes):
         assert a.outputs[0].cumulative_logprob == pytest.approx(b.outputs[0].cumulative_logprob, abs=1e-5)
 
 
+def test_media_kept_in_the_model_dtype(qwen2_vl_path):
+    """Floating media tensors are stored in the model's dtype (the encoder casts to it first,
+    as transformers' does); integer ones (the grid) keep theirs; a bf16 model still runs."""
+    llm = LLM(str(qwen2_vl_path), dtype="bfloat16", device="cpu")
+    prompt = {"prompt": "<|vision_start|><|image_pad|><|vision_end|> shows"}
+    processed = llm.processor.process(prompt, {"image": random_image(84, 56, 43)})
+    data = processed.mm_inputs.items[0].data
+    assert data["pixel_values"].dtype == torch.bfloat16
+    assert data["image_grid_thw"].dtype == torch.int64
+    out = llm.generate({**prompt, "multi_modal_data": {"image": random_image(84, 56, 43)}}, GREEDY,
+                       use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == GREEDY.max_tokens
+
+
 class KillsItsUnpickler:
     """Media whose unpickling ends the process: a preprocessing worker that crashes."""
 
