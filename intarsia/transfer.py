@@ -13,10 +13,10 @@ import torch
 
 def device_tensor(values: list | torch.Tensor, device: torch.device,
                   dtype: torch.dtype | None = None) -> torch.Tensor:
-    """`values` (a host list or tensor) as a tensor on `device`."""
+    """`values` (a list, or a tensor on any device) as a tensor on `device`."""
     tensor = torch.as_tensor(values, dtype=dtype)
-    if device.type != "cuda":
-        return tensor
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
