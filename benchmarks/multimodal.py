@@ -54,8 +54,9 @@ class Timing:
         return self.requests / self.seconds
 
 
-def build(tiny: bool, device: torch.device, dtype: torch.dtype):
-    """A random transformers Qwen2-VL and an intarsia LLM holding the same weights."""
+def build(tiny: bool, device: torch.device, dtype: torch.dtype, preprocess_processes: int | None = None):
+    """A random transformers Qwen2-VL and an intarsia LLM holding the same weights
+    (`preprocess_processes`: intarsia's `mm_preprocess_processes`, None for its default)."""
     if tiny:
         config, processor = qwen2_vl_parts(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
     else:  # the processor's real defaults: a 448x448 image -> 32x32 patches -> 256 tokens
@@ -70,7 +71,8 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype):
     folder = Path(tempfile.mkdtemp(prefix="intarsia-mm-bench-"))
     config.save_pretrained(folder)
     processor.save_pretrained(folder)
-    llm = LLM(str(folder), dtype=dtype, device=str(device), load_format="dummy", max_model_len=1024)
+    llm = LLM(str(folder), dtype=dtype, device=str(device), load_format="dummy", max_model_len=1024,
+              mm_preprocess_processes=preprocess_processes)
     llm.engine.runner.model.load_weights(hf.state_dict().items())
     processor.tokenizer.padding_side = "left"
     return hf, processor, llm
@@ -247,6 +249,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--hf-batch-size", type=int, default=32)
     parser.add_argument("--skip-hf", action="store_true", help="intarsia only")
+    parser.add_argument("--preprocess-processes", type=int, default=None,
+                        help="intarsia's mm_preprocess_processes (default: its own)")
+    parser.add_argument("--engine-threads", type=int, default=None,
+                        help="torch.set_num_threads in this (the engine's) process, before the runs")
     parser.add_argument("--engine-only", action="store_true",
                         help="also time intarsia's engine on prompts processed beforehand")
     parser.add_argument("--timeline", action="store_true", help="intarsia only: step timeline, kernel tables")
@@ -257,7 +263,9 @@ def main() -> None:
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     n = args.requests or (16 if args.tiny else 256)
     output_len = args.output_len or (8 if args.tiny else 64)
-    hf, processor, llm = build(args.tiny, device, dtype)
+    if args.engine_threads:
+        torch.set_num_threads(args.engine_threads)
+    hf, processor, llm = build(args.tiny, device, dtype, args.preprocess_processes)
     warm = images(2, args.image_size, seed=1)
     run_intarsia(llm, warm, 2)
     if not args.skip_hf:
