@@ -44,7 +44,8 @@ def _triton_for(x: torch.Tensor) -> tuple[ModuleType, ModuleType, ModuleType] | 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     mods = _triton_for(x)
-    if mods and x.numel() == x.shape[-1] and weight.stride(-1) == 1:  # one row: batch-1 decode
+    if mods and x.numel() == x.shape[-1] and weight.stride(-1) == 1 and x.dtype == weight.dtype:
+        # One row (batch-1 decode): the Triton GEMV. Mixed dtypes stay with F.linear, which rejects them.
         return mods[2].gemv(x, weight, bias)
     return reference.linear(x, weight, bias)
 
