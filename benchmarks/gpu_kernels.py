@@ -11,7 +11,8 @@
    the copy bandwidth. Prefill kernel at a few sizes against torch SDPA (flash).
 `--tune` also sweeps the decode partitioning and tile configurations (graph replay).
 `--linear` times the Llama-3.1-8B decode linears on one row: cuBLAS against the Triton GEMV
-over its tile configurations (graph replay, weights beyond L2).
+over its tile configurations (graph replay, weights beyond L2); `--linear-rows 2,8,16` does the
+same at those row counts for the candidate in `small_batch_linear.py`.
 
 Timings are medians of `triton.testing.do_bench`, which clears the L2 cache before
 every run, so small working sets are not served from L2.
@@ -356,6 +357,36 @@ def linear_sweep(copy_gbs: float) -> None:
         torch.cuda.empty_cache()
 
 
+def small_batch_sweep(copy_gbs: float, rows: list[int]) -> None:
+    """cuBLAS against the candidate swap-AB kernel (benchmarks/small_batch_linear.py) at
+    2-16 rows, where intarsia still uses cuBLAS."""
+    from small_batch_linear import swap_ab_linear
+
+    for name, k, n in DECODE_LINEARS:
+        nbytes = n * k * 2
+        copies = max(2, min(8, -(-400_000_000 // nbytes)))
+        weights = [torch.randn(n, k, device=DEV, dtype=torch.bfloat16) / 64 for _ in range(copies)]
+        for m in rows:
+            x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
+            want = F.linear(x, weights[0])
+            results = [("cublas", time_linear_calls(F.linear, x, weights))]
+            for block_n, block_k, split_k, stages in product((64, 128), (64, 128, 256), (1, 2, 4), (3, 4)):
+                run = partial(swap_ab_linear, block_n=block_n, block_k=block_k, split_k=split_k,
+                              num_stages=stages)
+                try:
+                    err = rel_err(run(x, weights[0]), want)
+                    results.append((f"swap-AB {block_n}/{block_k}/split {split_k}/{stages}s err {err:.0e}",
+                                    time_linear_calls(run, x, weights)))
+                except Exception as exc:  # a config may not fit in shared memory
+                    print(f"    swap-AB {block_n}/{block_k}/{split_k}/{stages}: {exc!r:.60}")
+            print(f"  {name} [{m}x{k}] x [{k}x{n}] ({nbytes / 1e6:.0f} MB):", flush=True)
+            for label, us in results[:1] + sorted(results[1:], key=lambda r: r[1])[:3]:
+                gbs = nbytes / us / 1e3
+                print(f"    {label:<44} {us:8.1f} us {gbs:6.0f} GB/s {100 * gbs / copy_gbs:5.1f}% of copy")
+        del weights
+        torch.cuda.empty_cache()
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -399,13 +430,18 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="also sweep tile configurations")
     parser.add_argument("--md", help="write the markdown tables to this file")
     parser.add_argument("--linear", action="store_true", help="only the decode-linear sweep")
+    parser.add_argument("--linear-rows", default="",
+                        help="comma-separated row counts (2-16): only the small-batch candidate sweep")
     args = parser.parse_args()
     card = torch.cuda.get_device_name()
     print(f"{card}, torch {torch.__version__}, triton {triton.__version__}")
-    if args.linear:
+    if args.linear or args.linear_rows:
         copy_gbs = copy_bandwidth()
         print(f"copy bandwidth {copy_gbs:.0f} GB/s\n== decode linears ==")
-        linear_sweep(copy_gbs)
+        if args.linear_rows:
+            small_batch_sweep(copy_gbs, [int(r) for r in args.linear_rows.split(",")])
+        else:
+            linear_sweep(copy_gbs)
         return
 
     print("\n== correctness (Triton vs torch reference) ==")

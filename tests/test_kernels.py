@@ -416,6 +416,22 @@ def group_linear() -> None:
         tlin.gemv(torch.randn(2, 8), torch.randn(4, 8))
 
 
+def group_small_batch_linear() -> None:
+    """The candidate small-batch linear (benchmarks/small_batch_linear.py) == F.linear: 1-16
+    rows, K split over programs or not, ragged N and K."""
+    import torch.nn.functional as F
+
+    from benchmarks.small_batch_linear import swap_ab_linear
+
+    for dtype in DTYPES:
+        for rows, k, n, split_k in ((2, 128, 64, 1), (5, 200, 70, 2), (16, 256, 128, 4), (1, 96, 16, 3)):
+            x = torch.randn(rows, k).to(dtype)
+            w = (torch.randn(n, k) / k**0.5).to(dtype)
+            got = swap_ab_linear(x, w, block_n=32, block_k=64, split_k=split_k)
+            assert_close(got, F.linear(x.float(), w.float()).to(dtype),
+                         f"swap_ab_linear {rows}x{k} -> {n} split {split_k} {dtype}")
+
+
 GROUPS: dict[str, Callable[[], None]] = {
     "write_kv": group_write_kv,
     "rotary_write_kv": group_rotary_write_kv,
@@ -423,6 +439,7 @@ GROUPS: dict[str, Callable[[], None]] = {
     "prefill": group_prefill,
     "ops": group_ops,
     "linear": group_linear,
+    "small_batch_linear": group_small_batch_linear,
 }
 
 
