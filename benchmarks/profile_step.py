@@ -3,8 +3,9 @@
     PYTHONPATH=. python3 benchmarks/profile_step.py
 
 Prints: the CUDA-graph replay time of a decode step alone vs the whole engine
-step (the difference is host time the GPU waits for), and the top kernels of a
-decode step at batch 1 / 256 and of a prefill step, from torch.profiler.
+step (the difference is host time the GPU waits for), the time of eager mixed steps
+(decode rows plus a new prompt) against their GPU kernel time, and the top kernels
+of a decode step at batch 1 / 256 and of a prefill step, from torch.profiler.
 """
 
 from __future__ import annotations
@@ -35,11 +36,23 @@ def build(max_num_batched_tokens: int) -> LLM:
                max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=0.85)
 
 
-def add(llm: LLM, n: int, prompt_len: int, max_tokens: int) -> None:
+def add(llm: LLM, n: int, prompt_len: int, max_tokens: int, prefix: str = "p") -> None:
     for i in range(n):
         ids = [(i * 7919 + j) % 120000 + 3 for j in range(prompt_len)]
-        llm.engine.add_request(Request(f"p{i}", None, ids, SamplingParams(
+        llm.engine.add_request(Request(f"{prefix}{i}", None, ids, SamplingParams(
             temperature=0, max_tokens=max_tokens, ignore_eos=True)))
+
+
+def mixed_steps(llm: LLM, steps: int, first: int) -> float:
+    """Mean wall time (ms) of `steps` mixed steps: one new 256-token prompt joins the
+    running decodes before each (what serving many requests looks like), no CUDA graph."""
+    sync(llm.config.device)
+    start = time.perf_counter()
+    for i in range(steps):
+        add(llm, 1, 256, 4000, prefix=f"m{first + i}-")
+        llm.engine.step()
+    sync(llm.config.device)
+    return (time.perf_counter() - start) / steps * 1000
 
 
 def timed_steps(llm: LLM, steps: int) -> float:
@@ -86,6 +99,21 @@ def main() -> None:
             top_kernels(llm, f"decode batch {batch}")
         for seq in list(llm.engine.scheduler.running):
             llm.engine.scheduler.finish(seq)
+    # Mixed steps: are they bound by the host's launches (eager, 32 layers) or by the GPU?
+    add(llm, 200, 128, 4000)
+    while llm.engine.scheduler.waiting or any(not s.is_prefill_done for s in llm.engine.scheduler.running):
+        llm.engine.step()
+    mixed_steps(llm, 3, 0)  # warm-up
+    print(f"\nmixed steps (about 200 decode rows + one 256-token prompt): "
+          f"{mixed_steps(llm, 20, 3):.2f} ms per engine step")
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        mixed_steps(llm, 3, 23)
+    events = prof.key_averages()
+    cuda_ms = sum(e.self_device_time_total for e in events) / 1000 / 3
+    print(f"  under the profiler: {cuda_ms:.2f} ms of GPU kernels per step (if well below the step "
+          f"time above, the host's launches bound these steps)")
+    for seq in list(llm.engine.scheduler.running):
+        llm.engine.scheduler.finish(seq)
     add(llm, 32, 256, 1)
     torch.cuda.synchronize()
     start = time.perf_counter()
