@@ -97,9 +97,21 @@ def fused_add_rms_norm(
 
 
 @triton.jit
-def _rotate_heads(x_ptr, token, stride_t, stride_h, stride_d, num_heads, cos, sin,
-                  IS_NEOX: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+def _cos_sin(pos_ptr, cache_ptr, token, stride_cache, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """The cos and sin halves [1, BLOCK_HALF] of `token`'s row of the cos|sin table."""
+    row = cache_ptr + tl.load(pos_ptr + token).to(tl.int64) * stride_cache
+    j = tl.arange(0, BLOCK_HALF)[None, :]
+    cos = tl.load(row + j, mask=j < HALF, other=0.0).to(tl.float32)
+    sin = tl.load(row + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
+    return cos, sin
+
+
+@triton.jit
+def _rotate_heads(src, dst, src_stride_h, src_stride_d, dst_stride_h, dst_stride_d, num_heads,
+                  cos, sin, IS_NEOX: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
                   BLOCK_HALF: tl.constexpr):
+    """The rotated pairs of one token's `num_heads` heads, read at `src` and stored at
+    `dst` (the same place to rotate in place)."""
     h = tl.arange(0, BLOCK_H)[:, None]
     j = tl.arange(0, BLOCK_HALF)[None, :]
     mask = (h < num_heads) & (j < HALF)
@@ -107,12 +119,11 @@ def _rotate_heads(x_ptr, token, stride_t, stride_h, stride_d, num_heads, cos, si
         first, second = j, j + HALF
     else:  # GPT-J interleaved pairs: (2j, 2j + 1)
         first, second = 2 * j, 2 * j + 1
-    base = x_ptr + token * stride_t + h * stride_h
-    x1 = tl.load(base + first * stride_d, mask=mask, other=0.0)
-    x2 = tl.load(base + second * stride_d, mask=mask, other=0.0)
-    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    tl.store(base + first * stride_d, (x1f * cos - x2f * sin).to(x1.dtype), mask=mask)
-    tl.store(base + second * stride_d, (x2f * cos + x1f * sin).to(x1.dtype), mask=mask)
+    x1 = tl.load(src + h * src_stride_h + first * src_stride_d, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + h * src_stride_h + second * src_stride_d, mask=mask, other=0.0).to(tl.float32)
+    out = dst + h * dst_stride_h
+    tl.store(out + first * dst_stride_d, (x1 * cos - x2 * sin).to(dst.dtype.element_ty), mask=mask)
+    tl.store(out + second * dst_stride_d, (x2 * cos + x1 * sin).to(dst.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -124,14 +135,12 @@ def _rotary_kernel(
     BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + token).to(tl.int64)
-    j = tl.arange(0, BLOCK_HALF)[None, :]
-    row = cache_ptr + pos * stride_cache
-    cos = tl.load(row + j, mask=j < HALF, other=0.0).to(tl.float32)
-    sin = tl.load(row + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
-    _rotate_heads(q_ptr, token, stride_qt, stride_qh, stride_qd, num_q_heads, cos, sin,
+    cos, sin = _cos_sin(pos_ptr, cache_ptr, token, stride_cache, HALF, BLOCK_HALF)
+    q = q_ptr + token * stride_qt
+    _rotate_heads(q, q, stride_qh, stride_qd, stride_qh, stride_qd, num_q_heads, cos, sin,
                   IS_NEOX, HALF, BLOCK_HQ, BLOCK_HALF)
-    _rotate_heads(k_ptr, token, stride_kt, stride_kh, stride_kd, num_k_heads, cos, sin,
+    k = k_ptr + token * stride_kt
+    _rotate_heads(k, k, stride_kh, stride_kd, stride_kh, stride_kd, num_k_heads, cos, sin,
                   IS_NEOX, HALF, BLOCK_HK, BLOCK_HALF)
 
 
@@ -176,41 +185,27 @@ def _rotary_write_kv_kernel(
     BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + token).to(tl.int64)
-    row = cache_ptr + pos * stride_cache
-    j = tl.arange(0, BLOCK_HALF)[None, :]
-    cos = tl.load(row + j, mask=j < HALF, other=0.0).to(tl.float32)
-    sin = tl.load(row + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
-    _rotate_heads(q_ptr, token, stride_qt, stride_qh, stride_qd, num_q_heads, cos, sin,
+    cos, sin = _cos_sin(pos_ptr, cache_ptr, token, stride_cache, HALF, BLOCK_HALF)
+    q = q_ptr + token * stride_qt
+    _rotate_heads(q, q, stride_qh, stride_qd, stride_qh, stride_qd, num_q_heads, cos, sin,
                   IS_NEOX, HALF, BLOCK_HQ, BLOCK_HALF)
     slot = tl.load(slot_ptr + token)
     if slot >= 0:
-        # Each feature d of a key pairs with a partner: out = x_d cos + sign x_partner sin
-        # on the rotated features, x_d beyond them (partial rotary).
+        page, offset = slot // PAGE, slot % PAGE
+        key = k_ptr + token * stride_kt
+        k_dst = k_cache_ptr + page * stride_kcb + offset * stride_kcs
+        _rotate_heads(key, k_dst, stride_kh, stride_kd, stride_kch, stride_kcd, NUM_KV_HEADS, cos, sin,
+                      IS_NEOX, HALF, BLOCK_HK, BLOCK_HALF)
+        # The key features past the rotated ones (partial rotary) and the values, as they are.
         h = tl.arange(0, BLOCK_HK)[:, None]
         d = tl.arange(0, BLOCK_D)[None, :]
         mask = (h < NUM_KV_HEADS) & (d < HEAD_DIM)
-        if IS_NEOX:
-            first = d < HALF
-            partner = tl.where(first, d + HALF, d - HALF)
-            freq = tl.where(first, d, d - HALF)
-        else:
-            first = d % 2 == 0
-            partner = tl.where(first, d + 1, d - 1)
-            freq = d // 2
-        rotated = d < 2 * HALF
-        key = k_ptr + token * stride_kt + h * stride_kh
-        x = tl.load(key + d * stride_kd, mask=mask, other=0.0).to(tl.float32)
-        x_partner = tl.load(key + partner * stride_kd, mask=mask & rotated, other=0.0).to(tl.float32)
-        cos_d = tl.load(row + freq, mask=rotated, other=1.0).to(tl.float32)
-        sin_d = tl.load(row + HALF + freq, mask=rotated, other=0.0).to(tl.float32)
-        k_out = x * cos_d + tl.where(first, -x_partner, x_partner) * sin_d
+        tail = mask & (d >= 2 * HALF)
+        k_tail = tl.load(key + h * stride_kh + d * stride_kd, mask=tail)
+        tl.store(k_dst + h * stride_kch + d * stride_kcd, k_tail.to(k_cache_ptr.dtype.element_ty), mask=tail)
         v = tl.load(v_ptr + token * stride_vt + h * stride_vh + d * stride_vd, mask=mask)
-        page, offset = slot // PAGE, slot % PAGE
-        tl.store(k_cache_ptr + page * stride_kcb + offset * stride_kcs + h * stride_kch + d * stride_kcd,
-                 k_out.to(k_cache_ptr.dtype.element_ty), mask=mask)
-        tl.store(v_cache_ptr + page * stride_vcb + offset * stride_vcs + h * stride_vch + d * stride_vcd,
-                 v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+        v_dst = v_cache_ptr + page * stride_vcb + offset * stride_vcs
+        tl.store(v_dst + h * stride_vch + d * stride_vcd, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
 def rotary_and_write_kv(
