@@ -1,9 +1,9 @@
-"""Host-to-device copies that never wait for the device's queued work.
+"""Copies between host and device that never wait for the device's queued work.
 
 The engine launches a step while the previous one still runs on the GPU. A copy
-from pageable host memory synchronises with the stream (torch's blocking copy
+from or to pageable host memory synchronises with the stream (torch's blocking copy
 waits for everything queued), which would let the GPU run dry while the host
-prepares the next step; a copy from pinned memory is queued like a kernel.
+prepares the next step; a copy through pinned memory is queued like a kernel.
 """
 
 from __future__ import annotations
@@ -30,3 +30,12 @@ def device_cat(parts: list[torch.Tensor], device: torch.device,
     staged = torch.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=dtype, pin_memory=True)
     torch.cat([p.to(dtype) for p in parts], out=staged)
     return staged.to(device, non_blocking=True)
+
+
+def host_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A CUDA tensor's copy in pinned host memory, queued behind the work that produces it
+    (valid once that work is done: wait on an event recorded after this call)."""
+    if tensor.device.type != "cuda":
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)

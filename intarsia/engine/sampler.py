@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from intarsia.engine.sequence import Sequence
-from intarsia.transfer import device_tensor
+from intarsia.transfer import device_tensor, host_tensor
 
 
 @dataclass
@@ -90,7 +90,7 @@ class PendingSample:
         self.tokens = tokens
         self.counts = counts  # logprobs wanted per row
         parts = (tokens, *(logprob_parts or ()))
-        self._host = [None if t is None else _copy_to_host(t) for t in parts]
+        self._host = [None if t is None else host_tensor(t) for t in parts]
         self._copied = None
         if tokens.device.type == "cuda":
             self._copied = torch.cuda.Event()
@@ -109,13 +109,6 @@ class PendingSample:
             vals = top_vals[row, :n].tolist() if n else []
             top.append((ids, vals, int(ranks[row])))
         return SampleResult(token_ids, chosen.tolist(), top)
-
-
-def _copy_to_host(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.device.type != "cuda":
-        return tensor
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    return host.copy_(tensor, non_blocking=True)
 
 
 class Sampler:
