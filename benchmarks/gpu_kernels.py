@@ -332,36 +332,11 @@ def time_linear_calls(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     return bench_ms(graph.replay) * 1e3 / len(weights)
 
 
-def linear_sweep(copy_gbs: float) -> None:
-    for name, k, n in DECODE_LINEARS:
-        nbytes = n * k * 2
-        copies = max(2, min(8, -(-400_000_000 // nbytes)))
-        weights = [torch.randn(n, k, device=DEV, dtype=torch.bfloat16) / 64 for _ in range(copies)]
-        x = torch.randn(1, k, device=DEV, dtype=torch.bfloat16)
-        want = F.linear(x, weights[0])
-        rows = [("cublas", time_linear_calls(F.linear, x, weights)),
-                ("triton gemv (default tiles)", time_linear_calls(tlin.gemv, x, weights))]
-        for block_n, block_k, warps, stages in product((4, 8, 16), (256, 512, 1024), (4, 8), (3, 4)):
-            run = partial(tlin.gemv, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages)
-            try:
-                err = rel_err(run(x, weights[0]), want)
-                rows.append((f"gemv {block_n}/{block_k}/{warps}w/{stages}s err {err:.0e}",
-                             time_linear_calls(run, x, weights)))
-            except Exception as exc:  # a config may not fit in registers / shared memory
-                print(f"    gemv {block_n}/{block_k}/{warps}/{stages}: {exc!r:.60}")
-        print(f"  {name} [1x{k}] x [{k}x{n}] ({nbytes / 1e6:.0f} MB):", flush=True)
-        for label, us in rows[:2] + sorted(rows[2:], key=lambda r: r[1])[:4]:
-            gbs = nbytes / us / 1e3
-            print(f"    {label:<40} {us:8.1f} us {gbs:6.0f} GB/s {100 * gbs / copy_gbs:5.1f}% of copy")
-        del weights
-        torch.cuda.empty_cache()
-
-
-def small_batch_sweep(copy_gbs: float, rows: list[int]) -> None:
-    """cuBLAS against the candidate swap-AB kernel (benchmarks/small_batch_linear.py) at
-    2-16 rows, where intarsia still uses cuBLAS."""
-    from small_batch_linear import swap_ab_linear
-
+def sweep_linears(copy_gbs: float, rows: list[int], references: list[tuple[str, Callable]],
+                  candidate: Callable[..., torch.Tensor], label: str, configs: list[dict],
+                  shown: int) -> None:
+    """For each decode linear and row count: the `references` and the `shown` fastest
+    `candidate` tile configurations (keyword arguments), with their error against F.linear."""
     for name, k, n in DECODE_LINEARS:
         nbytes = n * k * 2
         copies = max(2, min(8, -(-400_000_000 // nbytes)))
@@ -369,22 +344,41 @@ def small_batch_sweep(copy_gbs: float, rows: list[int]) -> None:
         for m in rows:
             x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
             want = F.linear(x, weights[0])
-            results = [("cublas", time_linear_calls(F.linear, x, weights))]
-            for block_n, block_k, split_k, stages in product((64, 128), (64, 128, 256), (1, 2, 4), (3, 4)):
-                run = partial(swap_ab_linear, block_n=block_n, block_k=block_k, split_k=split_k,
-                              num_stages=stages)
+            results = [(ref_label, time_linear_calls(fn, x, weights)) for ref_label, fn in references]
+            for config in configs:
+                run = partial(candidate, **config)
+                tag = f"{label} {'/'.join(str(v) for v in config.values())}"
                 try:
                     err = rel_err(run(x, weights[0]), want)
-                    results.append((f"swap-AB {block_n}/{block_k}/split {split_k}/{stages}s err {err:.0e}",
-                                    time_linear_calls(run, x, weights)))
-                except Exception as exc:  # a config may not fit in shared memory
-                    print(f"    swap-AB {block_n}/{block_k}/{split_k}/{stages}: {exc!r:.60}")
-            print(f"  {name} [{m}x{k}] x [{k}x{n}] ({nbytes / 1e6:.0f} MB):", flush=True)
-            for label, us in results[:1] + sorted(results[1:], key=lambda r: r[1])[:3]:
+                    results.append((f"{tag} err {err:.0e}", time_linear_calls(run, x, weights)))
+                except Exception as exc:  # a config may not fit in registers / shared memory
+                    print(f"    {tag}: {exc!r:.60}")
+            print(f"  {name} [{m}x{k}] x [{k}x{n}] ({nbytes / 1e6:.0f} MB); {label} tiles: "
+                  f"{'/'.join(configs[0])}", flush=True)
+            tried = results[len(references):]
+            for tag, us in results[:len(references)] + sorted(tried, key=lambda r: r[1])[:shown]:
                 gbs = nbytes / us / 1e3
-                print(f"    {label:<44} {us:8.1f} us {gbs:6.0f} GB/s {100 * gbs / copy_gbs:5.1f}% of copy")
+                print(f"    {tag:<44} {us:8.1f} us {gbs:6.0f} GB/s {100 * gbs / copy_gbs:5.1f}% of copy")
         del weights
         torch.cuda.empty_cache()
+
+
+def linear_sweep(copy_gbs: float) -> None:
+    """One row: cuBLAS and the GEMV with its default tiles, against the GEMV's tile sweep."""
+    configs = [dict(block_n=bn, block_k=bk, num_warps=w, num_stages=st)
+               for bn, bk, w, st in product((4, 8, 16), (256, 512, 1024), (4, 8), (3, 4))]
+    sweep_linears(copy_gbs, [1], [("cublas", F.linear), ("triton gemv (default tiles)", tlin.gemv)],
+                  tlin.gemv, "gemv", configs, shown=4)
+
+
+def small_batch_sweep(copy_gbs: float, rows: list[int]) -> None:
+    """cuBLAS against the candidate swap-AB kernel (benchmarks/small_batch_linear.py) at
+    2-16 rows, where intarsia still uses cuBLAS."""
+    from small_batch_linear import swap_ab_linear
+
+    configs = [dict(block_n=bn, block_k=bk, split_k=sk, num_stages=st)
+               for bn, bk, sk, st in product((64, 128), (64, 128, 256), (1, 2, 4), (3, 4))]
+    sweep_linears(copy_gbs, rows, [("cublas", F.linear)], swap_ab_linear, "swap-AB", configs, shown=3)
 
 
 # ----------------------------------------------------------------------------- report
