@@ -98,14 +98,19 @@ def run_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int) -> Timi
                   sorted(o.metrics.arrival_time - start for o in outputs))
 
 
+def add_processed(llm: LLM, pictures: list[Image.Image], output_len: int) -> None:
+    """Process one request per picture now and hand them to the engine (not run yet)."""
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    for picture in pictures:
+        llm.engine.add_request(llm._make_request({"prompt": PROMPT, "multi_modal_data": {"image": picture}},
+                                                 params, {}))
+
+
 def run_engine_only(llm: LLM, pictures: list[Image.Image], output_len: int) -> float:
     """Seconds for the engine to serve the requests when every prompt is processed
     beforehand (untimed): the GPU pipeline alone, without preprocessing overlapping it."""
     engine = llm.engine
-    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
-    for picture in pictures:
-        engine.add_request(llm._make_request({"prompt": PROMPT, "multi_modal_data": {"image": picture}},
-                                             params, {}))
+    add_processed(llm, pictures, output_len)
     sync(llm.config.device)
     start = time.perf_counter()
     while engine.has_unfinished():
@@ -225,10 +230,7 @@ def kernel_tables(llm: LLM, pictures: list[Image.Image], output_len: int) -> Non
     """torch.profiler tables of the first prefill step and of decode steps at full batch,
     the requests made beforehand (no processing in the way)."""
     engine = llm.engine
-    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
-    for picture in pictures:
-        engine.add_request(llm._make_request({"prompt": PROMPT, "multi_modal_data": {"image": picture}},
-                                             params, {}))
+    add_processed(llm, pictures, output_len)
     top_kernels(llm, "first prefill step", steps=1)
     while any(not seq.is_prefill_done for seq in engine.scheduler.running) or engine.scheduler.waiting:
         engine.step()
