@@ -1,6 +1,6 @@
-"""GPU smoke test: tiny Llama and tiny Qwen2-VL (images of two sizes, M-RoPE, decode
-steps in CUDA graphs) through intarsia (Triton kernels, eager and CUDA graphs) vs
-transformers.
+"""GPU smoke test: tiny Llama (decode and mixed steps in CUDA graphs) and tiny Qwen2-VL
+(images of two sizes, M-RoPE, decode steps in CUDA graphs) through intarsia (Triton
+kernels, eager and CUDA graphs) vs transformers.
 
     PYTHONPATH=. python3 benchmarks/gpu_smoke.py
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections import Counter
+from collections.abc import Callable
 
 import torch
 
@@ -48,22 +50,37 @@ def check_qwen2_vl() -> bool:
     return ok
 
 
+def counting(run: Callable, replays: Counter) -> Callable:
+    """`StepGraphs.run` that also counts the replays of each graph family."""
+    def counted(key: tuple[str, int], rows: int) -> torch.Tensor:
+        replays[key[0]] += 1
+        return run(key, rows)
+    return counted
+
+
 def main() -> None:
     path = save_tiny_model(tiny_llama_config(num_hidden_layers=3), tempfile.mkdtemp())
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval()
     ok = True
-    for eager in (True, False):
+    # A token budget of 16 chunks the prompts, so decodes and prompt chunks share steps:
+    # with graphs on, those replay the mixed-step graphs.
+    for eager, budget in ((True, None), (False, None), (True, 16), (False, 16)):
         llm = LLM(str(path), dtype="float32", device="cuda", max_model_len=256, enforce_eager=eager,
-                  gpu_memory_utilization=0.3)
+                  max_num_batched_tokens=budget, gpu_memory_utilization=0.3)
+        replays = Counter()
+        graphs = llm.engine.runner.graphs
+        if graphs:
+            graphs.run = counting(graphs.run, replays)
         ids = [llm.get_tokenizer()(p).input_ids for p in PROMPTS]
         params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
         outs = llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=False)
         for i, out in zip(ids, outs, strict=True):
             same = out.outputs[0].token_ids == hf_greedy(hf, i, 24)[0]
             ok &= same
-            print(f"eager={eager} prompt_len={len(i)} tokens equal: {same}")
-        graphs = llm.engine.runner.graphs
-        print(f"eager={eager} graphs captured: {sorted(graphs.graphs) if graphs else None}")
+            print(f"eager={eager} budget={budget} prompt_len={len(i)} tokens equal: {same}")
+        print(f"eager={eager} budget={budget} graphs captured: {sorted(graphs.graphs) if graphs else None}, "
+              f"steps replayed: {dict(replays)}")
+        ok &= eager or replays["mixed" if budget else "decode"] > 0
         del llm
     ok &= check_qwen2_vl()
     print("PASS" if ok else "FAIL")

@@ -3,13 +3,14 @@
     PYTHONPATH=. python3 benchmarks/profile_step.py
 
 Prints: the CUDA-graph replay time of a decode step alone vs the whole engine
-step (the difference is host time the GPU waits for), the time of eager mixed steps
-(decode rows plus a new prompt) against their GPU kernel time, and the top kernels
+step (the difference is host time the GPU waits for), the time of mixed steps (decode
+rows plus a new prompt) from CUDA graphs and eager against their GPU kernel time, and the top kernels
 of a decode step at batch 1 / 256 and of a prefill step, from torch.profiler.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
@@ -36,20 +37,25 @@ def build(max_num_batched_tokens: int) -> LLM:
                max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=0.85)
 
 
-def add(llm: LLM, n: int, prompt_len: int, max_tokens: int, prefix: str = "p") -> None:
-    for i in range(n):
+_request_ids = itertools.count()
+
+
+def add(llm: LLM, n: int, prompt_len: int, max_tokens: int) -> None:
+    """`n` requests whose prompts share no prefix with any earlier one (no cache hits)."""
+    for _ in range(n):
+        i = next(_request_ids)
         ids = [(i * 7919 + j) % 120000 + 3 for j in range(prompt_len)]
-        llm.engine.add_request(Request(f"{prefix}{i}", None, ids, SamplingParams(
+        llm.engine.add_request(Request(f"r{i}", None, ids, SamplingParams(
             temperature=0, max_tokens=max_tokens, ignore_eos=True)))
 
 
-def mixed_steps(llm: LLM, steps: int, first: int) -> float:
+def mixed_steps(llm: LLM, steps: int) -> float:
     """Mean wall time (ms) of `steps` mixed steps: one new 256-token prompt joins the
-    running decodes before each (what serving many requests looks like), no CUDA graph."""
+    running decodes before each (what serving many requests looks like)."""
     sync(llm.config.device)
     start = time.perf_counter()
-    for i in range(steps):
-        add(llm, 1, 256, 4000, prefix=f"m{first + i}-")
+    for _ in range(steps):
+        add(llm, 1, 256, 4000)
         llm.engine.step()
     sync(llm.config.device)
     return (time.perf_counter() - start) / steps * 1000
@@ -86,7 +92,7 @@ def main() -> None:
         for _ in range(3):
             llm.engine.step()
         step_ms = timed_steps(llm, 20)
-        graph, _ = graphs.graphs[next(s for s in graphs.sizes if s >= batch)]
+        graph = graphs.graphs[graphs.key_for(batch, batch, batch)][0]
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(20):
@@ -99,19 +105,21 @@ def main() -> None:
             top_kernels(llm, f"decode batch {batch}")
         for seq in list(llm.engine.scheduler.running):
             llm.engine.scheduler.finish(seq)
-    # Mixed steps: are they bound by the host's launches (eager, 32 layers) or by the GPU?
+    # Mixed steps: replayed from the mixed CUDA graphs, then eagerly (32 layers of launches).
     add(llm, 200, 128, 4000)
     while llm.engine.scheduler.waiting or any(not s.is_prefill_done for s in llm.engine.scheduler.running):
         llm.engine.step()
-    mixed_steps(llm, 3, 0)  # warm-up
-    print(f"\nmixed steps (about 200 decode rows + one 256-token prompt): "
-          f"{mixed_steps(llm, 20, 3):.2f} ms per engine step")
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        mixed_steps(llm, 3, 23)
-    events = prof.key_averages()
-    cuda_ms = sum(e.self_device_time_total for e in events) / 1000 / 3
-    print(f"  under the profiler: {cuda_ms:.2f} ms of GPU kernels per step (if well below the step "
-          f"time above, the host's launches bound these steps)")
+    for mode in ("CUDA graph", "eager"):
+        if mode == "eager":
+            graphs.token_sizes = []  # no mixed graph fits any more: the runner goes eager
+        mixed_steps(llm, 3)  # warm-up
+        print(f"\nmixed steps ({mode}; about 200 decode rows + one 256-token prompt): "
+              f"{mixed_steps(llm, 20):.2f} ms per engine step")
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            mixed_steps(llm, 3)
+        cuda_ms = sum(e.self_device_time_total for e in prof.key_averages()) / 1000 / 3
+        print(f"  under the profiler: {cuda_ms:.2f} ms of GPU kernels per step (if well below the "
+              f"step time above, the host's launches bound these steps)")
     for seq in list(llm.engine.scheduler.running):
         llm.engine.scheduler.finish(seq)
     add(llm, 32, 256, 1)

@@ -13,6 +13,7 @@ Inputs are fresh random tensors every run; the seed is printed on failure and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -307,6 +308,34 @@ def group_decode() -> None:
     want = ref.paged_attention(q, kc, vc, meta, 0.2)
     meta.split_decodes(3, 256)
     assert_close(ta.paged_attention(q, kc, vc, meta, 0.2), want, "mixed step split into parts")
+
+    # The same step as a captured mixed graph lays it out (engine/cuda_graphs.py): rows
+    # padded to 32, a decode entry per possible decode row (16; those past the 3 real ones
+    # have context 0 and point at rows the prefills own), 4 prefill entries (2 unused).
+    num_rows, decode_entries, prefill_entries = 32, 16, 4
+    q_padded = torch.cat([q, torch.randn(num_rows - q.shape[0], *q.shape[1:])])
+    tables = torch.randint(0, kc.shape[0], (decode_entries + prefill_entries, meta.block_tables.shape[1]),
+                           dtype=torch.int32)
+    tables[:3], tables[decode_entries:decode_entries + 2] = meta.block_tables[:3], meta.block_tables[3:]
+    decodes = AttentionMetadata(
+        slot_mapping=meta.slot_mapping, query_start_loc=torch.arange(decode_entries + 1, dtype=torch.int32),
+        seq_lens=torch.tensor([30, 55, 17] + [0] * (decode_entries - 3), dtype=torch.int32),
+        block_tables=tables[:decode_entries], max_query_len=1, max_seq_len=4096,
+        query_start_loc_cpu=list(range(decode_entries + 1)), seq_lens_cpu=[1] * decode_entries)
+    prefills = AttentionMetadata(
+        slot_mapping=meta.slot_mapping, query_start_loc=torch.tensor([3, 15, 24, 24, 24], dtype=torch.int32),
+        seq_lens=torch.tensor([40, 9, 0, 0], dtype=torch.int32), block_tables=tables[decode_entries:],
+        max_query_len=num_rows, max_seq_len=4096, query_start_loc_cpu=[0] * (prefill_entries + 1),
+        seq_lens_cpu=[0] * prefill_entries)
+    graph_meta = dataclasses.replace(prefills, parts=(decodes, prefills))
+    got = ta.paged_attention(q_padded, kc, vc, graph_meta, 0.2)
+    assert_close(got[:q.shape[0]], want, "mixed step laid out as a captured graph")
+    assert torch.equal(got[q.shape[0]:], torch.zeros_like(got[q.shape[0]:])), "rows no sequence owns"
+    for splits in (1, 4):  # decode entries with no context leave their rows alone
+        out = torch.full_like(q_padded, 7.0)
+        ta.paged_decode(q_padded, kc, vc, decodes, 0.2, num_splits=splits, out=out)
+        assert_close(out[:3], want[:3], f"decode rows of the graph layout, splits={splits}")
+        assert torch.equal(out[3:], torch.full_like(out[3:], 7.0)), f"rows of others, splits={splits}"
 
 
 def group_prefill() -> None:

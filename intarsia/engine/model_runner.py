@@ -11,7 +11,7 @@ from torch import nn
 
 from intarsia.backbones.context import ForwardContext
 from intarsia.engine.config import EngineConfig
-from intarsia.engine.cuda_graphs import DecodeGraphs
+from intarsia.engine.cuda_graphs import GraphKey, StepGraphs
 from intarsia.engine.encoder_runner import EncoderRunner
 from intarsia.engine.loader import iterate_weights
 from intarsia.engine.scheduler import ScheduledSeq
@@ -37,6 +37,7 @@ class StepBatch:
     # step's samples), patched in on the device by `prepare`.
     pending_inputs: list[tuple[int, int]] = field(default_factory=list)
     inlays: list | None = None  # multimodal: encoder output rows to inlay this step
+    graph: GraphKey | None = None  # set when the inputs sit in this CUDA graph's buffers
 
 
 def build_model(config: EngineConfig) -> nn.Module:
@@ -80,8 +81,12 @@ class ModelRunner:
             self._compile_kernel_variants()
         if self.device.type == "cuda" and not config.enforce_eager and os.environ.get(
                 "INTARSIA_KERNELS") != "torch":  # the torch reference reads host lists: no graphs
-            self.graphs = DecodeGraphs(self._run_model, self.kv_caches, config.max_num_seqs,
-                                       config.max_model_len, config.block_size, self.device)
+            # Mixed steps run the text model alone: not with encoder inlays or M-RoPE
+            # prompt positions, nor with bidirectional prefixes.
+            mixed = self.encoders is None and not self.prefix_lm
+            self.graphs = StepGraphs(self._run_model, self.kv_caches, config.max_num_seqs,
+                                     config.max_num_batched_tokens, config.max_model_len,
+                                     config.block_size, self.device, mixed)
 
     def _bytes_per_block(self) -> int:
         elem = torch.tensor([], dtype=self.config.dtype).element_size()
@@ -179,14 +184,19 @@ class ModelRunner:
             return device_tensor(data, self.device, dtype)
 
         max_query_len = max(item.num_new_tokens for item in scheduled)
-        if (self.graphs is not None and self.graphs.accepts(len(scheduled), max_query_len)
-                and (self.encoders is None or all(item.seq.is_prefill_done for item in scheduled))):
-            ids_t, positions_t, attn = self.graphs.stage(input_ids, positions, slots, seq_lens, tables)
-            # Usually every row samples (rows are increasing, so then they are 0..n-1).
-            rows = (self.graphs.row_index[:len(sample_rows)] if len(sample_rows) == len(scheduled)
-                    else dev(sample_rows, torch.int64))
-            return StepBatch(ids_t, positions_t, attn, rows, sample_seqs, prompt_rows, pool_rows,
-                             pending_inputs)
+        num_decodes = next((i for i, item in enumerate(scheduled) if item.num_new_tokens > 1), len(scheduled))
+        key = None
+        if self.graphs is not None and (self.encoders is None
+                                        or all(item.seq.is_prefill_done for item in scheduled)):
+            key = self.graphs.key_for(len(input_ids), num_decodes, len(scheduled))
+        if key is not None:
+            ids_t, positions_t = self.graphs.stage(key, input_ids, positions, slots, starts, seq_lens,
+                                                   tables, num_decodes)
+            # A decode step usually samples every row (rows are increasing, so then they are 0..n-1).
+            rows = (self.graphs.row_index[:len(sample_rows)] if key[0] == "decode"
+                    and len(sample_rows) == len(scheduled) else dev(sample_rows, torch.int64))
+            return StepBatch(ids_t, positions_t, self.graphs.metadata(key), rows, sample_seqs, prompt_rows,
+                             pool_rows, pending_inputs, graph=key)
         attn = AttentionMetadata(
             slot_mapping=dev(slots, torch.int64), query_start_loc=dev(starts, torch.int32),
             seq_lens=dev(seq_lens, torch.int32), block_tables=dev(tables, torch.int32),
@@ -197,10 +207,8 @@ class ModelRunner:
         if self.prefix_lm:
             prefix_lens = [item.seq.prefix_len for item in scheduled]
             attn.prefix_lens, attn.prefix_lens_cpu = dev(prefix_lens, torch.int32), prefix_lens
-        elif self.device.type == "cuda" and max_query_len > 1:
-            num_decodes = next((i for i, item in enumerate(scheduled) if item.num_new_tokens > 1), 0)
-            if num_decodes:
-                attn.split_decodes(num_decodes, self.config.max_model_len)
+        elif self.device.type == "cuda" and 0 < num_decodes < len(scheduled):
+            attn.split_decodes(num_decodes, self.config.max_model_len)
         if self.encoders is not None:  # multimodal: encoder inlays and M-RoPE positions
             batch.inlays = self.encoders.plan(scheduled, starts) or None
             if self.encoders.uses_mrope:
@@ -255,8 +263,8 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: StepBatch) -> torch.Tensor:
         """Hidden states of every row of the flattened batch."""
-        if batch.attn.graph_size is not None:
-            return self.graphs.run(batch.attn)
+        if batch.graph is not None:
+            return self.graphs.run(batch.graph, len(batch.input_ids))
         ctx = ForwardContext(batch.attn, self.kv_caches)
         embeds = self.model.embed(batch.input_ids)
         if batch.inlays:

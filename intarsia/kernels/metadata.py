@@ -26,14 +26,14 @@ class AttentionMetadata:
     # Host copies, so the torch reference never synchronises with the device.
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
-    graph_size: int | None = None  # set when the step's inputs sit in a CUDA graph's buffers
     # Prefix-LM models (PaliGemma): keys at positions < prefix_lens[i] are visible to the
     # queries of sequence i at positions < prefix_lens[i] as well (bidirectional prefix).
     # None for every other model; the scheduler computes a prefix in one chunk.
     prefix_lens: torch.Tensor | None = None  # [batch] int32
     prefix_lens_cpu: list[int] | None = None
     # A mixed step whose first sequences are one-token decodes: (decode part, rest), so
-    # that the GPU runs the decode rows through the split-KV decode kernel.
+    # that the GPU runs the decode rows through the split-KV decode kernel. Both parts
+    # index the step's rows (their query_start_loc are rows of the whole step).
     parts: tuple[AttentionMetadata, AttentionMetadata] | None = None
 
     def split_decodes(self, num_decodes: int, decode_max_seq_len: int) -> None:
@@ -47,10 +47,10 @@ class AttentionMetadata:
             seq_lens=self.seq_lens[:d], block_tables=self.block_tables[:d], max_query_len=1,
             max_seq_len=decode_max_seq_len, query_start_loc_cpu=starts[:d + 1], seq_lens_cpu=lens[:d])
         rest = AttentionMetadata(
-            slot_mapping=self.slot_mapping[d:], query_start_loc=self.query_start_loc[d:] - d,
+            slot_mapping=self.slot_mapping[d:], query_start_loc=self.query_start_loc[d:],
             seq_lens=self.seq_lens[d:], block_tables=self.block_tables[d:],
             max_query_len=self.max_query_len, max_seq_len=max(lens[d:]),
-            query_start_loc_cpu=[s - d for s in starts[d:]], seq_lens_cpu=lens[d:])
+            query_start_loc_cpu=starts[d:], seq_lens_cpu=lens[d:])
         self.parts = (decodes, rest)
 
     @property

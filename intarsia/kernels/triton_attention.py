@@ -166,7 +166,9 @@ def _decode_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     start, end, num_parts = _decode_partition(seq_len, window, split, USE_WINDOW, NUM_SPLITS,
                                               MIN_PART, BLOCK_N)
-    if split < tl.maximum(num_parts, 1):  # idle splits of short sequences leave at once
+    # Idle splits of short sequences leave at once, and so do entries with no context
+    # (the unused decode entries of a captured mixed step, whose rows belong to others).
+    if split < num_parts:
         g = tl.arange(0, GROUP_PAD)
         d = tl.arange(0, HEAD_DIM_PAD)
         heads = kv_head * GROUP + g
@@ -242,7 +244,7 @@ def _decode_reduce_kernel(
     out = tl.sum(acc * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
     row = tl.load(query_start_ptr + seq).to(tl.int64)
     tl.store(out_ptr + row * stride_ot + head * stride_oh + d * stride_od,
-             out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
+             out.to(out_ptr.dtype.element_ty), mask=(d < HEAD_DIM) & (seq_len > 0))
 
 
 def num_kv_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device,
@@ -272,14 +274,16 @@ def paged_decode(
     min_part: int = _DECODE_MIN_PART,
     num_warps: int = 4,
     num_stages: int = 2,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One query row per sequence. `num_splits` (a power of two) fixes the partition
-    bound; by default it comes from `num_kv_splits`. Tuning knobs are keyword-only."""
+    """One query row per sequence, on row `meta.query_start_loc[i]` of q (and of `out`,
+    which other kernels may be filling too). `num_splits` (a power of two) fixes the
+    partition bound; by default it comes from `num_kv_splits`. Keyword-only: tuning knobs, `out`."""
     num_seqs = meta.num_seqs
     _, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
-    out = torch.empty_like(q)
+    out = torch.empty_like(q) if out is None else out
     if num_splits is None:
         num_splits = num_kv_splits(num_seqs, num_kv_heads, meta.max_seq_len, q.device, min_part)
     head_dim_pad = _pow2(head_dim, 16)
@@ -412,11 +416,13 @@ def paged_prefill(
     block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Any number of query rows per sequence (the last rows of its context), causal
-    except within each sequence's `meta.prefix_lens` prefix, which is bidirectional."""
+    """Any number of query rows per sequence (the last rows of its context, rows
+    `meta.query_start_loc[i]:[i+1]` of q and `out`), causal except within each
+    sequence's `meta.prefix_lens` prefix, which is bidirectional."""
     _, num_heads, head_dim = q.shape
-    out = torch.empty_like(q)
+    out = torch.empty_like(q) if out is None else out
     grid = (num_heads, triton.cdiv(meta.max_query_len, block_m), meta.num_seqs)
     _prefill_kernel[grid](
         q, k_cache, v_cache, out,
@@ -458,12 +464,12 @@ def paged_attention(
     leading decode rows of a mixed step split off by `meta.split_decodes`.
     """
     options = (scale, sliding_window, softcap, alibi_slopes)
-    if meta.parts is not None:  # mixed step: decode rows first, each part its own kernel
+    if meta.parts is not None:  # mixed step: each part's kernel fills its own rows of `out`
         decodes, rest = meta.parts
-        d = decodes.num_seqs
-        out = torch.empty_like(q)
-        out[:d] = paged_decode(q[:d], k_cache, v_cache, decodes, *options)
-        out[d:] = paged_prefill(q[d:], k_cache, v_cache, rest, *options)
+        # Zeros: rows no sequence owns (a captured step's padding) stay finite.
+        out = torch.zeros_like(q)
+        paged_decode(q, k_cache, v_cache, decodes, *options, out=out)
+        paged_prefill(q, k_cache, v_cache, rest, *options, out=out)
         return out
     attend = paged_decode if meta.max_query_len == 1 else paged_prefill
     return attend(q, k_cache, v_cache, meta, *options)
