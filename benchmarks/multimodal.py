@@ -156,7 +156,9 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int, use
     """cProfile (all threads, if `use_cprofile`), plus a timeline: when prompts became requests
     (processed) and how long each engine step took, by its number of scheduled tokens."""
     engine = llm.engine
-    steps: list[tuple[float, float, int]] = []  # (start, seconds, scheduled tokens)
+    # (start, seconds, the engine thread's CPU seconds, scheduled tokens): CPU time well below
+    # the wall time means the thread waited (for the GIL, or the GPU).
+    steps: list[tuple[float, float, float, int]] = []
     schedule, step = engine.scheduler.schedule, engine.step
     scheduled_tokens = [0]
 
@@ -166,10 +168,10 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int, use
         return items
 
     def timed_step():
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), time.thread_time()
         finished = step()
         sync(llm.config.device)
-        steps.append((begin, time.perf_counter() - begin, scheduled_tokens[0]))
+        steps.append((begin, time.perf_counter() - begin, time.thread_time() - cpu, scheduled_tokens[0]))
         return finished
 
     engine.scheduler.schedule, engine.step = counting_schedule, timed_step
@@ -184,7 +186,7 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int, use
     engine.scheduler.schedule, engine.step = schedule, step
     print(f"intarsia {timing.seconds:.2f} s, mean TTFT {sum(timing.ttft) / len(timing.ttft):.3f} s, "
           f"first TTFT {min(timing.ttft):.3f} s, last {max(timing.ttft):.3f} s")
-    steps = [s for s in steps if s[2]]
+    steps = [s for s in steps if s[3]]
     if torch.cuda.is_available():
         retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries
         print(f"CUDA allocator retries (cache flushed to fit an allocation) during the run: {retries}")
@@ -195,15 +197,15 @@ def profile_intarsia(llm: LLM, pictures: list[Image.Image], output_len: int, use
         f"{q}%: {ready[min(len(ready) - 1, len(ready) * q // 100)]:.2f}"
         for q in (10, 50, 90, 100)))
     print(f"{len(steps)} steps, {sum(s[1] for s in steps):.2f} s inside steps")
-    for label, chosen in (("decode-only", [s for s in steps if s[2] <= 256]),
-                          ("with prefill", [s for s in steps if s[2] > 256])):
+    for label, chosen in (("decode-only", [s for s in steps if s[3] <= 256]),
+                          ("with prefill", [s for s in steps if s[3] > 256])):
         if chosen:
             print(f"  {label}: {len(chosen)} steps, {sum(s[1] for s in chosen):.2f} s, "
-                  f"{sum(s[2] for s in chosen)} tokens, first at {chosen[0][0] - start:.2f} s, "
+                  f"{sum(s[3] for s in chosen)} tokens, first at {chosen[0][0] - start:.2f} s, "
                   f"last ends {chosen[-1][0] + chosen[-1][1] - start:.2f} s")
-    print("timeline (s from start): step start, seconds, tokens")
-    for begin, seconds, tokens in steps[:: max(1, len(steps) // 40)]:
-        print(f"  {begin - start:7.3f} {seconds:7.4f} {tokens:6d}")
+    print("timeline (s from start): step start, seconds, engine thread CPU seconds, tokens")
+    for begin, seconds, cpu, tokens in steps[:: max(1, len(steps) // 40)]:
+        print(f"  {begin - start:7.3f} {seconds:7.4f} {cpu:7.4f} {tokens:6d}")
     if use_cprofile:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
     kernel_tables(llm, images(len(pictures), pictures[0].width, seed=2), output_len)
