@@ -13,7 +13,6 @@ Inputs are fresh random tensors every run; the seed is printed on failure and
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import random
@@ -309,33 +308,47 @@ def group_decode() -> None:
     meta.split_decodes(3, 256)
     assert_close(ta.paged_attention(q, kc, vc, meta, 0.2), want, "mixed step split into parts")
 
-    # The same step as a captured mixed graph lays it out (engine/cuda_graphs.py): rows
-    # padded to 32, a decode entry per possible decode row (16; those past the 3 real ones
-    # have context 0 and point at rows the prefills own), 4 prefill entries (2 unused).
-    num_rows, decode_entries, prefill_entries = 32, 16, 4
-    q_padded = torch.cat([q, torch.randn(num_rows - q.shape[0], *q.shape[1:])])
-    tables = torch.randint(0, kc.shape[0], (decode_entries + prefill_entries, meta.block_tables.shape[1]),
-                           dtype=torch.int32)
-    tables[:3], tables[decode_entries:decode_entries + 2] = meta.block_tables[:3], meta.block_tables[3:]
-    decodes = AttentionMetadata(
-        slot_mapping=meta.slot_mapping, query_start_loc=torch.arange(decode_entries + 1, dtype=torch.int32),
-        seq_lens=torch.tensor([30, 55, 17] + [0] * (decode_entries - 3), dtype=torch.int32),
-        block_tables=tables[:decode_entries], max_query_len=1, max_seq_len=4096,
-        query_start_loc_cpu=list(range(decode_entries + 1)), seq_lens_cpu=[1] * decode_entries)
-    prefills = AttentionMetadata(
-        slot_mapping=meta.slot_mapping, query_start_loc=torch.tensor([3, 15, 24, 24, 24], dtype=torch.int32),
-        seq_lens=torch.tensor([40, 9, 0, 0], dtype=torch.int32), block_tables=tables[decode_entries:],
-        max_query_len=num_rows, max_seq_len=4096, query_start_loc_cpu=[0] * (prefill_entries + 1),
-        seq_lens_cpu=[0] * prefill_entries)
-    graph_meta = dataclasses.replace(prefills, parts=(decodes, prefills))
-    got = ta.paged_attention(q_padded, kc, vc, graph_meta, 0.2)
-    assert_close(got[:q.shape[0]], want, "mixed step laid out as a captured graph")
-    assert torch.equal(got[q.shape[0]:], torch.zeros_like(got[q.shape[0]:])), "rows no sequence owns"
-    for splits in (1, 4):  # decode entries with no context leave their rows alone
-        out = torch.full_like(q_padded, 7.0)
-        ta.paged_decode(q_padded, kc, vc, decodes, 0.2, num_splits=splits, out=out)
-        assert_close(out[:3], want[:3], f"decode rows of the graph layout, splits={splits}")
-        assert torch.equal(out[3:], torch.full_like(out[3:], 7.0)), f"rows of others, splits={splits}"
+    # Steps laid out as the CUDA graphs lay them out (engine/cuda_graphs.py), through the
+    # engine's own code: `StepBuffers.fill` on host buffers, then the graph's metadata over
+    # them. Mixed graph of 32 rows: a decode entry per possible decode row (16), those past
+    # the real ones with context 0 and pointing at rows the prefills own; 8 prefill entries.
+    from intarsia.engine.cuda_graphs import StepBuffers
+
+    for seq_lens, q_lens in (([30, 55, 17, 40, 9], [1, 1, 1, 12, 9]),  # decodes and prefills
+                             ([40, 23], [8, 23]),  # no decodes (a step of prompts alone)
+                             ([30, 55, 70], [1, 1, 5])):  # one prefill
+        q, kc, vc, meta = make_batch(seq_lens, q_lens, 4, 2, 64)
+        want = ref.paged_attention(q, kc, vc, meta, 0.2)
+        rows, decodes = q.shape[0], q_lens.count(1)
+        buffers = StepBuffers(32, 16, meta.block_tables.shape[1] + 2, torch.device("cpu"))
+        stale = torch.randint(0, kc.shape[0], buffers.block_tables.shape, dtype=torch.int32)
+        buffers.block_tables.copy_(stale)  # what earlier steps left there
+        buffers.fill(("mixed", 32), list(range(rows)), list(range(rows)), meta.slot_mapping.tolist(),
+                     meta.query_start_loc_cpu, seq_lens, meta.block_tables.tolist(), decodes)
+        graph_meta = buffers.mixed_metadata(32, max_seq_len=4096)
+        got = ta.paged_attention(torch.cat([q, torch.randn(32 - rows, *q.shape[1:])]), kc, vc,
+                                 graph_meta, 0.2)
+        what = f"graph layout of q_lens={q_lens}"
+        assert_close(got[:rows], want, what)
+        assert torch.equal(got[rows:], torch.zeros_like(got[rows:])), what + ": rows no sequence owns"
+        assert (buffers.slot_mapping[rows:] == -1).all(), what + ": padding rows write no KV"
+        decode_part = graph_meta.parts[0]
+        for splits in (1, 4):  # decode entries with no context leave their rows alone
+            out = torch.full((32, *q.shape[1:]), 7.0)
+            padded_q = torch.cat([q, torch.zeros(32 - rows, *q.shape[1:])])
+            ta.paged_decode(padded_q, kc, vc, decode_part, 0.2, num_splits=splits, out=out)
+            assert_close(out[:decodes], want[:decodes], f"{what}, decode rows, splits={splits}")
+            assert torch.equal(out[decodes:], torch.full_like(out[decodes:], 7.0)), \
+                f"{what}: rows of others, splits={splits}"
+    # A decode graph of 8 rows running 3 sequences: padding entries have rows of their own.
+    q, kc, vc, meta = make_batch([30, 55, 17], [1, 1, 1], 4, 2, 64)
+    buffers = StepBuffers(32, 16, meta.block_tables.shape[1], torch.device("cpu"))
+    buffers.fill(("decode", 8), [5, 6, 7], [29, 54, 16], meta.slot_mapping.tolist(), meta.query_start_loc_cpu,
+                 [30, 55, 17], meta.block_tables.tolist(), 3)
+    got = ta.paged_attention(torch.cat([q, torch.randn(5, *q.shape[1:])]), kc, vc,
+                             buffers.decode_metadata(8, max_seq_len=4096), 0.2)
+    assert_close(got[:3], ref.paged_attention(q, kc, vc, meta, 0.2), "decode graph layout")
+    assert buffers.input_ids[:3].tolist() == [5, 6, 7] and (buffers.slot_mapping[3:8] == -1).all()
 
 
 def group_prefill() -> None:
